@@ -1,0 +1,99 @@
+use super::{MAX_TEXT_CHARS, Violations};
+use crate::proto::common::v1 as pb;
+
+/// A delivery address whose five parts are all present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub street: String,
+    pub city: String,
+    pub province: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+impl Address {
+    /// Violations are named relative to the address (`postal_code`); a missing address
+    /// is reported as `""`.
+    pub fn parse(raw: Option<&pb::Address>) -> Result<Address, Violations> {
+        let mut violations = Violations::new();
+        let Some(raw) = raw else {
+            violations.add("", "is required");
+            return Err(violations);
+        };
+        let mut part = |name: &str, value: &str| {
+            violations
+                .check(name, required_text(value))
+                .unwrap_or_default()
+        };
+        let address = Address {
+            street: part("street", &raw.street),
+            city: part("city", &raw.city),
+            province: part("province", &raw.province),
+            postal_code: part("postal_code", &raw.postal_code),
+            country: part("country", &raw.country),
+        };
+        violations.finish(|| address)
+    }
+
+    pub fn to_proto(&self) -> pb::Address {
+        pb::Address {
+            street: self.street.clone(),
+            city: self.city.clone(),
+            province: self.province.clone(),
+            postal_code: self.postal_code.clone(),
+            country: self.country.clone(),
+        }
+    }
+}
+
+/// A required, bounded, printable piece of text.
+pub(crate) fn required_text(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    optional_text(raw)
+}
+
+/// Bounded, printable text (may be empty).
+pub(crate) fn optional_text(raw: &str) -> Result<String, String> {
+    if raw.chars().count() > MAX_TEXT_CHARS {
+        return Err(format!("must be at most {MAX_TEXT_CHARS} characters"));
+    }
+    if raw.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> pb::Address {
+        pb::Address {
+            street: "456 Elm Avenue".into(),
+            city: "Ottawa".into(),
+            province: "ON".into(),
+            postal_code: "K2P 1L4".into(),
+            country: "Canada".into(),
+        }
+    }
+
+    #[test]
+    fn complete_address_parses() {
+        assert_eq!(Address::parse(Some(&full())).unwrap().to_proto(), full());
+    }
+
+    #[test]
+    fn every_missing_part_is_named() {
+        let raw = pb::Address {
+            city: " ".into(),
+            country: String::new(),
+            ..full()
+        };
+        let err = Address::parse(Some(&raw)).unwrap_err();
+        let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["city", "country"]);
+        assert_eq!(Address::parse(None).unwrap_err().iter().count(), 1);
+    }
+}
