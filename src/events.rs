@@ -100,7 +100,10 @@ impl UserUpdated {
         let event: UserUpdated =
             serde_json::from_slice(body).map_err(|e| format!("not a user.updated event: {e}"))?;
         if event.event != USER_UPDATED {
-            return Err(format!("event is {:?}, expected {USER_UPDATED:?}", event.event));
+            return Err(format!(
+                "event is {:?}, expected {USER_UPDATED:?}",
+                event.event
+            ));
         }
         let mut violations = Violations::new();
         let user_id = violations.check("userId", UserId::parse(&event.user_id));
@@ -240,11 +243,18 @@ mod tests {
             4
         );
 
-        assert!(UserUpdated::parse(b"{not json").unwrap_err().contains("not a user.updated"));
+        assert!(
+            UserUpdated::parse(b"{not json")
+                .unwrap_err()
+                .contains("not a user.updated")
+        );
         let mut bad = event.clone();
         bad.user_id = "nope".into();
         bad.emails.clear();
         let reason = UserUpdated::parse(bad.to_json().as_bytes()).unwrap_err();
-        assert!(reason.contains("userId") && reason.contains("emails"), "{reason}");
+        assert!(
+            reason.contains("userId") && reason.contains("emails"),
+            "{reason}"
+        );
     }
 }

@@ -85,6 +85,8 @@ fn reflection(service_name: &str) -> tonic_reflection::server::Builder<'static> 
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.BadRequest and friends, so grpcurl can print error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(service_name)
         .with_service_name(HEALTH_SERVICE);
     for name in REFLECTION_SERVICES {

@@ -112,3 +112,11 @@ async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
     };
     (status, axum::Json(body))
 }
+
+/// The ops port next to a gRPC port: the same host, the port + 1000 (50051 → 51051), so
+/// processes on one machine never collide when their gRPC ports differ.
+pub fn default_addr(grpc: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = grpc;
+    addr.set_port(grpc.port().saturating_add(1000));
+    addr
+}

@@ -26,3 +26,12 @@ pub mod events {
 
 /// Every tandem message and service, encoded as a `FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tandem_descriptor");
+
+/// A protobuf timestamp for a UTC instant.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        // Always below 1e9, so it fits.
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}

@@ -24,7 +24,12 @@ pub fn init(args: &LogArgs) {
     match args.log_format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .init(),
     }
 }

@@ -122,7 +122,11 @@ mod tests {
 
     #[test]
     fn syntax_check_rejects_what_a_mail_server_would() {
-        for ok in ["robert.williams@hotmail.com", "rob.w@gouv.qc.ca", "a+tag@x.io"] {
+        for ok in [
+            "robert.williams@hotmail.com",
+            "rob.w@gouv.qc.ca",
+            "a+tag@x.io",
+        ] {
             assert!(Email::parse(ok, EmailCheck::Syntax).is_ok(), "{ok}");
         }
         for bad in [

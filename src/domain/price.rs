@@ -13,7 +13,9 @@ impl Price {
         if raw.is_empty() {
             return Err("is required".into());
         }
-        let plain = raw.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+        let plain = raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
         let value = if plain {
             Decimal::from_str_exact(raw)
         } else if raw.contains(['e', 'E']) {
@@ -50,7 +52,14 @@ mod tests {
 
     #[test]
     fn prices_keep_their_exact_digits() {
-        for raw in ["29.99", "15.99", "0", "5.50", "0.1", "123456789012345678.99"] {
+        for raw in [
+            "29.99",
+            "15.99",
+            "0",
+            "5.50",
+            "0.1",
+            "123456789012345678.99",
+        ] {
             assert_eq!(Price::parse(raw).unwrap().to_string(), raw);
         }
         assert_eq!(Price::parse("2.999e1").unwrap().to_string(), "29.99");
@@ -60,7 +69,14 @@ mod tests {
     #[test]
     fn bad_prices_are_refused_with_a_reason() {
         assert!(Price::parse("-1").unwrap_err().contains("negative"));
-        for raw in ["", "abc", "1.2.3", "1e999", "NaN", "99999999999999999999999999999999"] {
+        for raw in [
+            "",
+            "abc",
+            "1.2.3",
+            "1e999",
+            "NaN",
+            "99999999999999999999999999999999",
+        ] {
             assert!(Price::parse(raw).is_err(), "{raw}");
         }
     }

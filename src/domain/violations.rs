@@ -112,7 +112,10 @@ mod tests {
         let mut outer = Violations::new();
         outer.extend_prefixed("delivery_address", inner);
         let fields: Vec<_> = outer.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["delivery_address.postal_code", "delivery_address[2]"]);
+        assert_eq!(
+            fields,
+            ["delivery_address.postal_code", "delivery_address[2]"]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Where a service keeps its data: the `--store` URL, and the embedded SQLite setup that
 //! user-svc and order-svc share. Each service owns its own store trait and schema.
 
+pub mod mongo;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -20,7 +21,9 @@ impl FromStr for StoreUrl {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         if let Some(path) = raw.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err("sqlite:// needs a file path, e.g. sqlite://data/user_db.sqlite".into());
+                return Err(
+                    "sqlite:// needs a file path, e.g. sqlite://data/user_db.sqlite".into(),
+                );
             }
             Ok(StoreUrl::Sqlite(PathBuf::from(path)))
         } else if raw.starts_with("mongodb://") || raw.starts_with("mongodb+srv://") {
@@ -92,7 +95,10 @@ mod tests {
         let url: StoreUrl = "mongodb://admin:hunter2@db:27017/?authSource=admin"
             .parse()
             .unwrap();
-        assert_eq!(url.to_string(), "mongodb://admin:***@db:27017/?authSource=admin");
+        assert_eq!(
+            url.to_string(),
+            "mongodb://admin:***@db:27017/?authSource=admin"
+        );
         assert!(!format!("{url:?}").contains("hunter2"));
     }
 }

@@ -110,21 +110,32 @@ mod tests {
     fn migrations_run_once_per_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/db.sqlite");
-        let migrations = ["CREATE TABLE t (x INTEGER PRIMARY KEY)", "ALTER TABLE t ADD y"];
+        let migrations = [
+            "CREATE TABLE t (x INTEGER PRIMARY KEY)",
+            "ALTER TABLE t ADD y",
+        ];
         open(&path, &migrations).unwrap();
         // A second open (another process, or a restart) finds nothing to do.
         let pool = open(&path, &migrations).unwrap();
         let conn = pool.get().unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, 2);
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 
     #[test]
     fn unique_violations_are_recognised() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = open(&dir.path().join("db.sqlite"), &["CREATE TABLE t (x TEXT UNIQUE)"]).unwrap();
+        let pool = open(
+            &dir.path().join("db.sqlite"),
+            &["CREATE TABLE t (x TEXT UNIQUE)"],
+        )
+        .unwrap();
         let conn = pool.get().unwrap();
         conn.execute("INSERT INTO t VALUES ('a')", []).unwrap();
         let err = conn.execute("INSERT INTO t VALUES ('a')", []).unwrap_err();

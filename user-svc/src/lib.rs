@@ -1,1 +1,125 @@
+//! user-svc: users and their contact details over gRPC (`tandem.user.v1.UserService`),
+//! run as two flavors (v1 legacy, v2) over one store. Every contact change is written with
+//! its `user.updated` event in one atomic step (the outbox).
+//!
+//! The binary is a thin shell over [`UserSvc`]: open it (store first, so a bad store fails
+//! before any port is bound), then serve it on listeners the caller bound.
 
+pub mod flavor;
+pub mod model;
+mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tandem::grpc::RpcMetrics;
+use tandem::ops::{self, Component, HealthCheck};
+use tandem::proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
+use tandem::storage::StoreUrl;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use flavor::Flavor;
+use service::UserApi;
+use store::UserStore;
+
+/// Everything user-svc needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub flavor: Flavor,
+    pub store: StoreUrl,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the user store {url}: {source}")]
+    Store {
+        url: StoreUrl,
+        source: store::StoreError,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("ops server failed: {0}")]
+    Ops(#[from] std::io::Error),
+}
+
+/// An opened user service, ready to serve.
+pub struct UserSvc {
+    config: Config,
+    store: Arc<dyn UserStore>,
+}
+
+impl UserSvc {
+    /// Opens the store (creating schema, indexes and validators).
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let store = store::open(&config.store)
+            .await
+            .map_err(|source| Error::Store {
+                url: config.store.clone(),
+                source,
+            })?;
+        Ok(Self { config, store })
+    }
+
+    pub fn store(&self) -> Arc<dyn UserStore> {
+        self.store.clone()
+    }
+
+    /// Serves gRPC on `grpc` and, when given, `/metrics` and `/healthz` on `ops`, until
+    /// `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        grpc: TcpListener,
+        ops: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let mut registry = Registry::with_prefix("tandem_user");
+        let metrics = RpcMetrics::register(&mut registry);
+        let outbox_written = Arc::new(Notify::new());
+        let api = UserApi::new(
+            self.config.flavor,
+            self.store.clone(),
+            metrics,
+            outbox_written,
+        );
+
+        let ops_task = ops.map(|listener| {
+            let health = health_check(self.store.clone());
+            tokio::spawn(ops::serve(
+                listener,
+                Arc::new(registry),
+                health,
+                shutdown.clone(),
+            ))
+        });
+
+        tracing::info!(
+            flavor = %self.config.flavor,
+            store = %self.config.store,
+            addr = ?grpc.local_addr().ok(),
+            "user-svc serving"
+        );
+        let routes = tonic::service::Routes::new(UserServiceServer::new(api));
+        let served = tandem::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
+        shutdown.cancel();
+        if let Some(task) = ops_task {
+            task.await.map_err(std::io::Error::other)??;
+        }
+        served?;
+        Ok(())
+    }
+}
+
+fn health_check(store: Arc<dyn UserStore>) -> HealthCheck {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            vec![match store.ping().await {
+                Ok(()) => Component::up("store", true),
+                Err(e) => Component::down("store", true, e.to_string()),
+            }]
+        })
+    })
+}

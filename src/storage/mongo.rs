@@ -1,0 +1,136 @@
+//! What user-svc and order-svc share about MongoDB: connecting (fail fast and say why),
+//! creating collections with their `$jsonSchema` validators, and telling a duplicate key
+//! or an outage apart from a bug.
+
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use mongodb::error::{Error, ErrorKind, WriteFailure};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+/// MongoDB's code for a unique index refusing a document.
+const DUPLICATE_KEY: i32 = 11000;
+/// "collection already exists": another process created it first.
+const NAMESPACE_EXISTS: i32 = 48;
+
+/// How an error from MongoDB should reach a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A unique index refused the write.
+    DuplicateKey,
+    /// The server could not be reached, or the operation may succeed if tried again.
+    Unavailable(String),
+    /// Anything else: a bug or a broken invariant.
+    Internal(String),
+}
+
+pub fn classify(err: &Error) -> Failure {
+    if code(err) == Some(DUPLICATE_KEY) {
+        return Failure::DuplicateKey;
+    }
+    let transient = err.contains_label("TransientTransactionError")
+        || err.contains_label("RetryableWriteError")
+        || matches!(
+            err.kind.as_ref(),
+            ErrorKind::Io(_)
+                | ErrorKind::ServerSelection { .. }
+                | ErrorKind::ConnectionPoolCleared { .. }
+        );
+    if transient {
+        Failure::Unavailable(err.to_string())
+    } else {
+        Failure::Internal(err.to_string())
+    }
+}
+
+fn code(err: &Error) -> Option<i32> {
+    match err.kind.as_ref() {
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => Some(e.code),
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .and_then(|errors| errors.first())
+            .map(|e| e.code),
+        _ => None,
+    }
+}
+
+/// Connects and checks the server answers within a few seconds, so a wrong URI fails at
+/// start-up with one line rather than at the first request. The database is the one the
+/// URI names (`mongodb://host/mydb`), `default_db` otherwise.
+pub async fn connect(
+    uri: &str,
+    app_name: &str,
+    default_db: &str,
+) -> Result<(Client, Database), Error> {
+    let mut options = ClientOptions::parse(uri).await?;
+    options.app_name = Some(app_name.to_owned());
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(5));
+    options
+        .connect_timeout
+        .get_or_insert(Duration::from_secs(5));
+    let client = Client::with_options(options)?;
+    let db = client
+        .default_database()
+        .unwrap_or_else(|| client.database(default_db));
+    db.run_command(doc! { "ping": 1 }).await?;
+    Ok((client, db))
+}
+
+/// Creates `name` with `validator` ({"$jsonSchema": …}), or brings the validator of an
+/// existing collection up to date.
+pub async fn ensure_collection(
+    db: &Database,
+    name: &str,
+    validator: Document,
+) -> Result<(), Error> {
+    let exists = db
+        .list_collection_names()
+        .filter(doc! { "name": name })
+        .await?
+        .iter()
+        .any(|n| n == name);
+    if !exists {
+        match db
+            .create_collection(name)
+            .validator(validator.clone())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if code(&e) == Some(NAMESPACE_EXISTS) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    db.run_command(doc! { "collMod": name, "validator": validator })
+        .await?;
+    Ok(())
+}
+
+/// A `$jsonSchema` for a delivery address: five required strings.
+pub fn address_schema() -> Document {
+    doc! {
+        "bsonType": "object",
+        "required": ["street", "city", "province", "postalCode", "country"],
+        "properties": {
+            "street": { "bsonType": "string" },
+            "city": { "bsonType": "string" },
+            "province": { "bsonType": "string" },
+            "postalCode": { "bsonType": "string" },
+            "country": { "bsonType": "string" },
+        },
+    }
+}
+
+/// A `$jsonSchema` for a non-empty list of emails.
+pub fn emails_schema() -> Document {
+    doc! {
+        "bsonType": "array",
+        "minItems": 1,
+        "items": { "bsonType": "string" },
+    }
+}

@@ -1,0 +1,124 @@
+//! Where users and their outbox live: one trait, an embedded SQLite implementation (the
+//! default) and a MongoDB one (production). Both pass the same contract tests
+//! (tests/store_contract.rs).
+
+mod mongo;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tandem::domain::UserId;
+use tandem::events::UserUpdated;
+use tandem::storage::StoreUrl;
+
+use crate::model::{ContactChange, User};
+
+pub use mongo::MongoUserStore;
+pub use sqlite::SqliteUserStore;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such user")]
+    NotFound,
+    /// A unique index refused the address (compared case-insensitively).
+    #[error("email {email} is already used by another user")]
+    EmailTaken { email: String },
+    /// The store could not be reached or is overloaded; the caller may try again.
+    #[error("user store unavailable: {0}")]
+    Unavailable(String),
+    #[error("user store failure: {0}")]
+    Internal(String),
+}
+
+/// One `user.updated` event waiting in the outbox to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub event_id: String,
+    pub user_id: String,
+    pub version: i64,
+    /// The message body, final: the relay publishes it byte for byte.
+    pub payload: String,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// How many times a relay has claimed it (1 on the first claim).
+    pub attempts: i64,
+}
+
+impl OutboxEvent {
+    /// The event recording `user`'s contact as it is after a change.
+    pub fn for_user(user: &User, occurred_at: DateTime<Utc>, request_id: Option<String>) -> Self {
+        let event_id = uuid::Uuid::now_v7();
+        let body = UserUpdated::new(
+            event_id,
+            user.user_id,
+            user.contact_version,
+            &user.emails,
+            &user.delivery_address,
+            occurred_at,
+        );
+        Self {
+            event_id: event_id.to_string(),
+            user_id: user.user_id.to_string(),
+            version: user.contact_version,
+            payload: body.to_json(),
+            request_id,
+            created_at: occurred_at,
+            attempts: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Stores a new user. `EmailTaken` when another user has one of its emails.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+
+    async fn get_user(&self, user_id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// Applies `change`, increments the contact version and records the `user.updated`
+    /// event, all in one atomic write; returns the user as changed.
+    async fn update_contact(&self, change: &ContactChange) -> Result<User, StoreError>;
+
+    /// Leases up to `limit` unpublished events, oldest first, to `owner` for `lease`.
+    /// Events leased to another relay whose lease has not run out are skipped, so two
+    /// relays do not publish the same event unless one of them died mid-way.
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Removes events the broker has confirmed.
+    async fn complete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError>;
+
+    /// Gives back leased events that could not be published, so the next attempt does not
+    /// wait for the lease to run out.
+    async fn release_outbox(&self, owner: &str, event_ids: &[String]) -> Result<(), StoreError>;
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store a `--store` URL names, creating its schema, indexes and validators.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn UserStore>, StoreError> {
+    Ok(match url {
+        StoreUrl::Sqlite(path) => Arc::new(SqliteUserStore::open(path)?),
+        StoreUrl::Mongo(uri) => Arc::new(MongoUserStore::connect(uri).await?),
+    })
+}
+
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::seconds(30))
+}
