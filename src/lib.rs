@@ -10,3 +10,5 @@ pub mod proto;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

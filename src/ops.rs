@@ -120,3 +120,10 @@ pub fn default_addr(grpc: std::net::SocketAddr) -> std::net::SocketAddr {
     addr.set_port(grpc.port().saturating_add(1000));
     addr
 }
+
+/// Binds a listener, with an error that names the address.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

@@ -1,1 +1,58 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use order_svc::{Config, OrderSvc};
+use tandem::storage::StoreUrl;
+use tandem::telemetry::{self, LogArgs};
+
+/// tandem's order service (gRPC).
+#[derive(Debug, Parser)]
+#[command(name = "order-svc", version, about)]
+struct Args {
+    /// Address of the gRPC server.
+    #[arg(long, env = "ORDER_SVC_LISTEN", default_value = "0.0.0.0:50053")]
+    listen: SocketAddr,
+
+    /// Address of the /metrics and /healthz HTTP server [default: the gRPC port + 1000].
+    #[arg(long, env = "ORDER_SVC_OPS_LISTEN")]
+    ops_listen: Option<SocketAddr>,
+
+    /// Where orders live: sqlite://PATH or mongodb://HOST[:PORT]/[DB]?replicaSet=NAME.
+    #[arg(
+        long,
+        env = "ORDER_STORE_URL",
+        default_value = "sqlite://data/order_db.sqlite"
+    )]
+    store: StoreUrl,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(&args.log);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("order-svc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let service = OrderSvc::open(Config { store: args.store }).await?;
+    let ops_addr = args
+        .ops_listen
+        .unwrap_or_else(|| tandem::ops::default_addr(args.listen));
+    let grpc = tandem::ops::bind(args.listen).await?;
+    let ops = tandem::ops::bind(ops_addr).await?;
+    service
+        .serve(grpc, Some(ops), tandem::shutdown::on_signal())
+        .await?;
+    Ok(())
+}

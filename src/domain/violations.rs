@@ -41,6 +41,18 @@ impl Violations {
         }
     }
 
+    /// Like [`check`](Self::check) for a value that reports its own violations, which
+    /// are moved under `prefix` (`delivery_address` + `city`).
+    pub fn check_nested<T>(&mut self, prefix: &str, parsed: Result<T, Violations>) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(nested) => {
+                self.extend_prefixed(prefix, nested);
+                None
+            }
+        }
+    }
+
     /// Moves violations found in a nested value under `prefix`.
     pub fn extend_prefixed(&mut self, prefix: &str, nested: Violations) {
         self.0.extend(nested.0.into_iter().map(|v| FieldViolation {

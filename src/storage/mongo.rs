@@ -25,11 +25,24 @@ pub enum Failure {
     Internal(String),
 }
 
+/// MongoDB's code for two transactions writing one document.
+const WRITE_CONFLICT: i32 = 112;
+
+/// Whether a transaction lost a race with another writer and can simply run again.
+/// MongoDB labels these TransientTransactionError (the driver then retries by itself);
+/// the MongoDB-wire test server reports them without the label, so look at the code and
+/// message too.
+pub fn is_write_conflict(err: &Error) -> bool {
+    err.contains_label("TransientTransactionError")
+        || code(err) == Some(WRITE_CONFLICT)
+        || err.to_string().contains("Write conflict")
+}
+
 pub fn classify(err: &Error) -> Failure {
     if code(err) == Some(DUPLICATE_KEY) {
         return Failure::DuplicateKey;
     }
-    let transient = err.contains_label("TransientTransactionError")
+    let transient = is_write_conflict(err)
         || err.contains_label("RetryableWriteError")
         || matches!(
             err.kind.as_ref(),

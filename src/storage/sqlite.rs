@@ -25,6 +25,21 @@ pub enum SqliteError {
     },
 }
 
+impl SqliteError {
+    /// Whether trying again later may succeed: the pool or the file was busy (another
+    /// process held the write lock past the busy timeout), or a worker thread was lost.
+    /// Anything else is a bug or a damaged file.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SqliteError::Sql(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            SqliteError::Pool(_) | SqliteError::Task(_) | SqliteError::Dir { .. } => true,
+        }
+    }
+}
+
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -58,16 +58,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ops_addr = args
         .ops_listen
         .unwrap_or_else(|| tandem::ops::default_addr(args.listen));
-    let grpc = bind(args.listen).await?;
-    let ops = bind(ops_addr).await?;
+    let grpc = tandem::ops::bind(args.listen).await?;
+    let ops = tandem::ops::bind(ops_addr).await?;
     service
         .serve(grpc, Some(ops), tandem::shutdown::on_signal())
         .await?;
     Ok(())
-}
-
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tandem::domain::{Address, EmailList, UserId, Violations, optional_text};
-use tandem::grpc::{RpcMetrics, invalid_argument, request_id, status_with_field};
+use tandem::grpc::{ContactFields, RpcMetrics, invalid_argument, request_id, status_with_field};
 use tandem::proto::user::v1::user_service_server::UserService;
 use tandem::proto::user::v1::{
     CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse,
@@ -41,19 +41,8 @@ impl UserApi {
         }
     }
 
-    fn parse_emails(
-        &self,
-        field: &str,
-        raw: &[String],
-        violations: &mut Violations,
-    ) -> Option<EmailList> {
-        match EmailList::parse(raw, self.flavor.email_check()) {
-            Ok(list) => Some(list),
-            Err(nested) => {
-                violations.extend_prefixed(field, nested);
-                None
-            }
-        }
+    fn parse_emails(&self, raw: &[String], violations: &mut Violations) -> Option<EmailList> {
+        violations.check_nested("emails", EmailList::parse(raw, self.flavor.email_check()))
     }
 
     async fn create(&self, request: CreateUserRequest) -> Result<CreateUserResponse, Status> {
@@ -64,7 +53,7 @@ impl UserApi {
         let first_name = text("first_name", request.first_name);
         let last_name = text("last_name", request.last_name);
         let phone_number = text("phone_number", request.phone_number);
-        let emails = self.parse_emails("emails", &request.emails, &mut violations);
+        let emails = self.parse_emails(&request.emails, &mut violations);
         let address = parse_address(request.delivery_address.as_ref(), &mut violations);
         let (Some(emails), Some(delivery_address)) = (emails, address) else {
             return Err(invalid_argument(violations));
@@ -117,39 +106,18 @@ impl UserApi {
     ) -> Result<UpdateUserContactResponse, Status> {
         let mut violations = Violations::new();
         let user_id = violations.check("user_id", UserId::parse(&request.user_id));
-        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-        let (wants_emails, wants_address) = if paths.is_empty() {
-            // No mask: replace whatever was sent.
-            (
-                !request.emails.is_empty(),
-                request.delivery_address.is_some(),
-            )
-        } else {
-            let mut wanted = (false, false);
-            for (i, path) in paths.iter().enumerate() {
-                match path.as_str() {
-                    "emails" => wanted.0 = true,
-                    "delivery_address" => wanted.1 = true,
-                    other => violations.add(
-                        format!("update_mask.paths[{i}]"),
-                        format!(
-                            "{other:?} cannot be updated here: only emails and delivery_address"
-                        ),
-                    ),
-                }
-            }
-            wanted
-        };
-        if !wants_emails && !wants_address && violations.is_empty() {
-            violations.add(
-                "update_mask",
-                "nothing to update: give emails and/or delivery_address",
-            );
-        }
-        let emails = wants_emails
-            .then(|| self.parse_emails("emails", &request.emails, &mut violations))
+        let fields = ContactFields::from_mask(
+            request.update_mask,
+            !request.emails.is_empty(),
+            request.delivery_address.is_some(),
+            &mut violations,
+        );
+        let emails = fields
+            .emails
+            .then(|| self.parse_emails(&request.emails, &mut violations))
             .flatten();
-        let delivery_address = wants_address
+        let delivery_address = fields
+            .delivery_address
             .then(|| parse_address(request.delivery_address.as_ref(), &mut violations))
             .flatten();
         let Some(user_id) = user_id.filter(|_| violations.is_empty()) else {
@@ -182,13 +150,7 @@ fn parse_address(
     raw: Option<&tandem::proto::common::v1::Address>,
     violations: &mut Violations,
 ) -> Option<Address> {
-    match Address::parse(raw) {
-        Ok(address) => Some(address),
-        Err(nested) => {
-            violations.extend_prefixed("delivery_address", nested);
-            None
-        }
-    }
+    violations.check_nested("delivery_address", Address::parse(raw))
 }
 
 fn violation(field: &str, description: String) -> Violations {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use bson::{Bson, DateTime as BsonDateTime, Document, doc};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -374,17 +375,30 @@ impl UserStore for MongoUserStore {
     }
 
     async fn update_contact(&self, change: &ContactChange) -> Result<User, StoreError> {
-        let mut session = self.client.start_session().await?;
-        let context = TxContext {
-            users: self.users.clone(),
-            outbox: self.outbox.clone(),
-            change: change.clone(),
+        let run_transaction = || async {
+            let mut session = self.client.start_session().await?;
+            let context = TxContext {
+                users: self.users.clone(),
+                outbox: self.outbox.clone(),
+                change: change.clone(),
+            };
+            session
+                .start_transaction()
+                .and_run(context, |session, context| {
+                    write_contact_change(session, context).boxed()
+                })
+                .await
         };
-        let result = session
-            .start_transaction()
-            .and_run(context, |session, context| {
-                write_contact_change(session, context).boxed()
-            })
+        // Two changes of one user at once: one transaction loses and runs again.
+        let result = run_transaction
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(5))
+                    .with_max_delay(Duration::from_millis(200))
+                    .with_max_times(8)
+                    .with_jitter(),
+            )
+            .when(mongo::is_write_conflict)
             .await;
         match result {
             Ok(user) => Ok(user),
@@ -411,25 +425,31 @@ impl UserStore for MongoUserStore {
             .find(doc! { "leaseUntil": { "$lte": bson_date(now) } })
             .sort(doc! { "_id": 1 })
             .limit(limit as i64)
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "attempts": 1 })
             .await?
             .try_collect()
             .await?;
         let mut claimed = Vec::with_capacity(due.len());
         for candidate in due {
-            let Some(id) = candidate.get_str("_id").ok().map(str::to_owned) else {
+            let (Ok(id), Some(attempts)) = (
+                candidate.get_str("_id"),
+                integer(&candidate, "attempts").ok(),
+            ) else {
                 continue;
             };
             // One conditional update per event: if another relay claimed it since the
-            // read above, the filter no longer matches and this relay skips it.
+            // read above, the filter (lease and attempt count) no longer matches and this
+            // relay skips it. `$set` rather than `$inc` keeps the count an Int64 on every
+            // server.
             let won = self
                 .outbox
                 .find_one_and_update(
-                    doc! { "_id": &id, "leaseUntil": { "$lte": bson_date(now) } },
-                    doc! {
-                        "$set": { "leaseOwner": owner, "leaseUntil": bson_date(lease_end(now, lease)) },
-                        "$inc": { "attempts": 1_i64 },
-                    },
+                    doc! { "_id": id, "attempts": attempts, "leaseUntil": { "$lte": bson_date(now) } },
+                    doc! { "$set": {
+                        "leaseOwner": owner,
+                        "leaseUntil": bson_date(lease_end(now, lease)),
+                        "attempts": attempts + 1,
+                    }},
                 )
                 .return_document(mongodb::options::ReturnDocument::After)
                 .await?;

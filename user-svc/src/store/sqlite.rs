@@ -70,22 +70,17 @@ impl SqliteUserStore {
 
 impl From<SqliteError> for StoreError {
     fn from(e: SqliteError) -> Self {
-        match e {
-            SqliteError::Sql(e) => e.into(),
-            other => StoreError::Unavailable(other.to_string()),
+        if e.is_transient() {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
         }
     }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            // Another process held the write lock past the busy timeout.
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                StoreError::Unavailable(e.to_string())
-            }
-            _ => StoreError::Internal(e.to_string()),
-        }
+        SqliteError::from(e).into()
     }
 }
 

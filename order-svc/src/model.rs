@@ -1,0 +1,93 @@
+//! An order as order-svc stores and serves it.
+
+use chrono::{DateTime, Utc};
+use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
+use tandem::proto::common::v1::Decimal;
+use tandem::proto::order::v1 as pb;
+use tandem::proto::timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderItem {
+    pub item_id: String,
+    pub quantity: i64,
+    pub price: Price,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub items: Vec<OrderItem>,
+    /// A copy of the user's emails, kept in step by ApplyUserContact.
+    pub emails: EmailList,
+    /// A copy of the user's address while the order is under process; history after.
+    pub delivery_address: Address,
+    pub status: OrderStatus,
+    /// The user contact version last applied to this order (0 before any).
+    pub contact_version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Order {
+    pub fn to_proto(&self) -> pb::Order {
+        pb::Order {
+            order_id: self.order_id.to_string(),
+            user_id: self.user_id.to_string(),
+            items: self
+                .items
+                .iter()
+                .map(|item| pb::OrderItem {
+                    item_id: item.item_id.clone(),
+                    quantity: item.quantity,
+                    price: Some(Decimal {
+                        value: item.price.to_string(),
+                    }),
+                })
+                .collect(),
+            emails: self.emails.to_strings(),
+            delivery_address: Some(self.delivery_address.to_proto()),
+            order_status: self.status.to_proto() as i32,
+            created_at: Some(timestamp(self.created_at)),
+            updated_at: Some(timestamp(self.updated_at)),
+            contact_version: self.contact_version,
+        }
+    }
+
+    /// Where this order sits in the listing order (oldest first).
+    pub fn cursor(&self) -> PageCursor {
+        PageCursor {
+            created_at: self.created_at,
+            order_id: self.order_id,
+        }
+    }
+}
+
+/// New emails and/or a new address for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetailsChange {
+    pub emails: Option<EmailList>,
+    pub delivery_address: Option<Address>,
+}
+
+/// A user's contact after a change, to copy onto that user's orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserContact {
+    pub user_id: UserId,
+    pub version: i64,
+    pub emails: EmailList,
+    pub delivery_address: Address,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListFilter {
+    pub status: Option<OrderStatus>,
+    pub user_id: Option<UserId>,
+}
+
+/// The position after which a page starts: orders sort by (created_at, order_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: DateTime<Utc>,
+    pub order_id: OrderId,
+}

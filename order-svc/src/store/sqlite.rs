@@ -1,0 +1,383 @@
+//! Orders in an embedded SQLite file. Items are a JSON column with prices as decimal
+//! strings, so no price ever passes through binary floating point.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
+use serde::{Deserialize, Serialize};
+use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
+use tandem::storage::sqlite::{self, Pool, SqliteError};
+
+use super::{
+    ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome, StoreError, status_outcome,
+    statuses_before,
+};
+use crate::model::{DetailsChange, ListFilter, Order, OrderItem, PageCursor, UserContact};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE orders (
+    order_id        TEXT PRIMARY KEY NOT NULL,
+    user_id         TEXT NOT NULL,
+    items           TEXT NOT NULL,      -- JSON [{"itemId","quantity","price":"29.99"}]
+    emails          TEXT NOT NULL,      -- JSON array
+    street          TEXT NOT NULL,
+    city            TEXT NOT NULL,
+    province        TEXT NOT NULL,
+    postal_code     TEXT NOT NULL,
+    country         TEXT NOT NULL,
+    order_status    TEXT NOT NULL
+        CHECK (order_status IN ('under process', 'shipping', 'delivered')),
+    contact_version INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL,   -- ms since the epoch
+    updated_at      INTEGER NOT NULL
+) STRICT;
+-- Listing pages by (created_at, order_id), with or without filters, and the per-user
+-- bulk update of ApplyUserContact, all walk an index.
+CREATE INDEX orders_by_status ON orders (order_status, created_at, order_id);
+CREATE INDEX orders_by_user ON orders (user_id, created_at, order_id);
+CREATE INDEX orders_by_time ON orders (created_at, order_id);
+"#];
+
+pub struct SqliteOrderStore {
+    pool: Pool,
+}
+
+impl SqliteOrderStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let pool =
+            sqlite::open(path, MIGRATIONS).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self { pool })
+    }
+}
+
+impl From<SqliteError> for StoreError {
+    fn from(e: SqliteError) -> Self {
+        if e.is_transient() {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        SqliteError::from(e).into()
+    }
+}
+
+/// An item as the JSON column holds it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredItem {
+    item_id: String,
+    quantity: i64,
+    price: String,
+}
+
+fn items_json(items: &[OrderItem]) -> String {
+    let stored: Vec<StoredItem> = items
+        .iter()
+        .map(|i| StoredItem {
+            item_id: i.item_id.clone(),
+            quantity: i.quantity,
+            price: i.price.to_string(),
+        })
+        .collect();
+    serde_json::to_string(&stored).expect("items always serialize")
+}
+
+fn json_list(values: Vec<String>) -> String {
+    serde_json::to_string(&values).expect("strings always serialize")
+}
+
+const ORDER_COLUMNS: &str = "order_id, user_id, items, emails, street, city, province, \
+     postal_code, country, order_status, contact_version, created_at, updated_at";
+
+fn corrupt(order_id: &str, what: &str) -> StoreError {
+    StoreError::Internal(format!("stored order {order_id}: bad {what}"))
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> {
+    let order_id: String = row.get(0)?;
+    let user_id: String = row.get(1)?;
+    let items: String = row.get(2)?;
+    let emails: String = row.get(3)?;
+    let status: String = row.get(9)?;
+    let created_at: i64 = row.get(11)?;
+    let updated_at: i64 = row.get(12)?;
+    let address = Address {
+        street: row.get(4)?,
+        city: row.get(5)?,
+        province: row.get(6)?,
+        postal_code: row.get(7)?,
+        country: row.get(8)?,
+    };
+    let contact_version: i64 = row.get(10)?;
+    Ok((|| {
+        let items: Vec<StoredItem> =
+            serde_json::from_str(&items).map_err(|_| corrupt(&order_id, "items"))?;
+        let items = items
+            .into_iter()
+            .map(|i| {
+                Ok(OrderItem {
+                    price: Price::parse(&i.price).map_err(|_| corrupt(&order_id, "price"))?,
+                    item_id: i.item_id,
+                    quantity: i.quantity,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let emails: Vec<String> =
+            serde_json::from_str(&emails).map_err(|_| corrupt(&order_id, "emails"))?;
+        Ok(Order {
+            order_id: OrderId::parse(&order_id).map_err(|_| corrupt(&order_id, "order_id"))?,
+            user_id: UserId::parse(&user_id).map_err(|_| corrupt(&order_id, "user_id"))?,
+            items,
+            emails: EmailList::from_stored(emails),
+            delivery_address: address,
+            status: OrderStatus::from_str_opt(&status)
+                .ok_or_else(|| corrupt(&order_id, "status"))?,
+            contact_version,
+            created_at: DateTime::from_timestamp_millis(created_at)
+                .ok_or_else(|| corrupt(&order_id, "created_at"))?,
+            updated_at: DateTime::from_timestamp_millis(updated_at)
+                .ok_or_else(|| corrupt(&order_id, "updated_at"))?,
+        })
+    })())
+}
+
+fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreError> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
+    conn.query_row(&sql, [order_id], order_from_row)
+        .optional()?
+        .transpose()
+}
+
+#[async_trait]
+impl OrderStore for SqliteOrderStore {
+    async fn create_order(&self, order: &Order) -> Result<(), StoreError> {
+        let order = order.clone();
+        sqlite::run(&self.pool, move |conn| {
+            let a = &order.delivery_address;
+            conn.execute(
+                &format!(
+                    "INSERT INTO orders ({ORDER_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                params![
+                    order.order_id.to_string(),
+                    order.user_id.to_string(),
+                    items_json(&order.items),
+                    json_list(order.emails.to_strings()),
+                    a.street,
+                    a.city,
+                    a.province,
+                    a.postal_code,
+                    a.country,
+                    order.status.as_str(),
+                    order.contact_version,
+                    millis(order.created_at),
+                    millis(order.updated_at),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
+        sqlite::run(&self.pool, move |conn| {
+            load_order(conn, &order_id.to_string())
+        })
+        .await
+    }
+
+    async fn list_orders(
+        &self,
+        filter: ListFilter,
+        after: Option<PageCursor>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        sqlite::run(&self.pool, move |conn| {
+            let mut conditions = Vec::new();
+            let mut values: Vec<Value> = Vec::new();
+            if let Some(status) = filter.status {
+                conditions.push("order_status = ?");
+                values.push(status.as_str().to_owned().into());
+            }
+            if let Some(user_id) = filter.user_id {
+                conditions.push("user_id = ?");
+                values.push(user_id.to_string().into());
+            }
+            if let Some(cursor) = after {
+                conditions.push("(created_at, order_id) > (?, ?)");
+                values.push(millis(cursor.created_at).into());
+                values.push(cursor.order_id.to_string().into());
+            }
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            };
+            values.push((limit as i64).into());
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS} FROM orders {filter} ORDER BY created_at, order_id LIMIT ?"
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params_from_iter(values), order_from_row)?;
+            let mut orders = Vec::new();
+            for row in rows {
+                orders.push(row??);
+            }
+            Ok(orders)
+        })
+        .await
+    }
+
+    async fn update_status(
+        &self,
+        order_id: OrderId,
+        status: OrderStatus,
+        now: DateTime<Utc>,
+    ) -> Result<StatusOutcome, StoreError> {
+        sqlite::run(&self.pool, move |conn| {
+            let id = order_id.to_string();
+            let earlier: Vec<Value> = statuses_before(status)
+                .into_iter()
+                .map(|s| Value::from(s.as_str().to_owned()))
+                .collect();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let moved = if earlier.is_empty() {
+                0
+            } else {
+                let placeholders = vec!["?"; earlier.len()].join(", ");
+                let mut values = vec![
+                    Value::from(status.as_str().to_owned()),
+                    millis(now).into(),
+                    id.clone().into(),
+                ];
+                values.extend(earlier);
+                tx.execute(
+                    &format!(
+                        "UPDATE orders SET order_status = ?, updated_at = ? \
+                         WHERE order_id = ? AND order_status IN ({placeholders})"
+                    ),
+                    params_from_iter(values),
+                )?
+            };
+            let current = load_order(&tx, &id)?;
+            tx.commit()?;
+            Ok(match current {
+                None => StatusOutcome::NotFound,
+                Some(order) if moved == 1 => StatusOutcome::Moved(order),
+                Some(order) => status_outcome(order, status),
+            })
+        })
+        .await
+    }
+
+    async fn update_details(
+        &self,
+        order_id: OrderId,
+        change: &DetailsChange,
+        now: DateTime<Utc>,
+    ) -> Result<DetailsOutcome, StoreError> {
+        let change = change.clone();
+        sqlite::run(&self.pool, move |conn| {
+            let id = order_id.to_string();
+            // IMMEDIATE: the status read below stays true until the write commits.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(mut order) = load_order(&tx, &id)? else {
+                return Ok(DetailsOutcome::NotFound);
+            };
+            if let Some(address) = &change.delivery_address {
+                if *address != order.delivery_address && order.status.address_is_history() {
+                    return Ok(DetailsOutcome::AddressIsHistory(order.status));
+                }
+                order.delivery_address = address.clone();
+            }
+            if let Some(emails) = &change.emails {
+                order.emails = emails.clone();
+            }
+            order.updated_at = now;
+            let a = &order.delivery_address;
+            tx.execute(
+                "UPDATE orders SET emails = ?2, street = ?3, city = ?4, province = ?5, \
+                 postal_code = ?6, country = ?7, updated_at = ?8 WHERE order_id = ?1",
+                params![
+                    id,
+                    json_list(order.emails.to_strings()),
+                    a.street,
+                    a.city,
+                    a.province,
+                    a.postal_code,
+                    a.country,
+                    millis(now),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(DetailsOutcome::Updated(order))
+        })
+        .await
+    }
+
+    async fn apply_user_contact(
+        &self,
+        contact: &UserContact,
+        now: DateTime<Utc>,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let contact = contact.clone();
+        sqlite::run(&self.pool, move |conn| {
+            let user_id = contact.user_id.to_string();
+            let a = &contact.delivery_address;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let matched: i64 = tx.query_row(
+                "SELECT count(*) FROM orders WHERE user_id = ?1",
+                [&user_id],
+                |row| row.get(0),
+            )?;
+            // The address of an order past 'under process' is history: keep it.
+            let modified = tx.execute(
+                "UPDATE orders SET emails = ?3, contact_version = ?2, updated_at = ?9, \
+                   street      = CASE order_status WHEN 'under process' THEN ?4 ELSE street END, \
+                   city        = CASE order_status WHEN 'under process' THEN ?5 ELSE city END, \
+                   province    = CASE order_status WHEN 'under process' THEN ?6 ELSE province END, \
+                   postal_code = CASE order_status WHEN 'under process' THEN ?7 ELSE postal_code END, \
+                   country     = CASE order_status WHEN 'under process' THEN ?8 ELSE country END \
+                 WHERE user_id = ?1 AND contact_version < ?2",
+                params![
+                    user_id,
+                    contact.version,
+                    json_list(contact.emails.to_strings()),
+                    a.street,
+                    a.city,
+                    a.province,
+                    a.postal_code,
+                    a.country,
+                    millis(now),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(ApplyOutcome {
+                matched: matched.max(0) as u64,
+                modified: modified as u64,
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlite::run(&self.pool, |conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,287 @@
+//! The contract every user store keeps, run against SQLite always and against MongoDB
+//! when MONGO_URI is set (each test in a database of its own).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem::domain::{Address, EmailCheck, EmailList, UserId};
+use tandem::events::UserUpdated;
+use user_svc::model::{ContactChange, User};
+use user_svc::store::{MongoUserStore, SqliteUserStore, StoreError, UserStore};
+
+fn emails(list: &[&str]) -> EmailList {
+    let raw: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    EmailList::parse(&raw, EmailCheck::Lenient).unwrap()
+}
+
+fn address(street: &str) -> Address {
+    Address {
+        street: street.into(),
+        city: "Ottawa".into(),
+        province: "ON".into(),
+        postal_code: "K2P 1L4".into(),
+        country: "Canada".into(),
+    }
+}
+
+fn user(list: &[&str]) -> User {
+    User {
+        user_id: UserId::new_random(),
+        first_name: Some("Robert".into()),
+        last_name: None,
+        phone_number: Some("+1-438-222-7890".into()),
+        emails: emails(list),
+        delivery_address: address("456 Elm Avenue"),
+        contact_version: 1,
+        created_at: None,
+        updated_at: None,
+    }
+}
+
+fn change(user_id: UserId, list: Option<&[&str]>, street: Option<&str>) -> ContactChange {
+    ContactChange {
+        user_id,
+        emails: list.map(emails),
+        delivery_address: street.map(address),
+        updated_at: None,
+        request_id: Some("req-1".into()),
+    }
+}
+
+async fn create_then_get_round_trips(store: Arc<dyn UserStore>) {
+    let plain = user(&["Robert.Williams@hotmail.com", "rob.w@gouv.qc.ca"]);
+    store.create_user(&plain).await.unwrap();
+    assert_eq!(store.get_user(plain.user_id).await.unwrap(), Some(plain));
+
+    let stamped = User {
+        created_at: Some(tandem::domain::now()),
+        updated_at: Some(tandem::domain::now()),
+        first_name: None,
+        phone_number: None,
+        ..user(&["stamped@x.io"])
+    };
+    store.create_user(&stamped).await.unwrap();
+    assert_eq!(
+        store.get_user(stamped.user_id).await.unwrap(),
+        Some(stamped)
+    );
+    assert_eq!(store.get_user(UserId::new_random()).await.unwrap(), None);
+}
+
+async fn emails_are_unique_ignoring_case(store: Arc<dyn UserStore>) {
+    store.create_user(&user(&["rob@x.io"])).await.unwrap();
+    let clash = user(&["other@x.io", "ROB@X.IO"]);
+    match store.create_user(&clash).await {
+        Err(StoreError::EmailTaken { email }) => assert_eq!(email, "ROB@X.IO"),
+        other => panic!("expected EmailTaken, got {other:?}"),
+    }
+    // Nothing of the refused user remains: its other address is still free.
+    assert_eq!(store.get_user(clash.user_id).await.unwrap(), None);
+    store.create_user(&user(&["other@x.io"])).await.unwrap();
+}
+
+async fn concurrent_creates_with_one_email_admit_exactly_one(store: Arc<dyn UserStore>) {
+    let attempts = (0..20).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_user(&user(&["race@x.io"])).await })
+    });
+    let results = futures::future::join_all(attempts).await;
+    let created = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(StoreError::EmailTaken { .. }))))
+        .count();
+    assert_eq!((created, refused), (1, 19), "{results:?}");
+}
+
+async fn contact_change_bumps_version_and_records_event(store: Arc<dyn UserStore>) {
+    let original = user(&["a@x.io"]);
+    store.create_user(&original).await.unwrap();
+    let mut stamped = change(
+        original.user_id,
+        Some(&["b@x.io", "c@x.io"]),
+        Some("99 Park Ave"),
+    );
+    stamped.updated_at = Some(tandem::domain::now());
+    let changed = store.update_contact(&stamped).await.unwrap();
+    assert_eq!(changed.contact_version, 2);
+    assert_eq!(changed.emails, emails(&["b@x.io", "c@x.io"]));
+    assert_eq!(changed.delivery_address.street, "99 Park Ave");
+    assert_eq!(changed.updated_at, stamped.updated_at);
+    assert_eq!(changed.first_name, original.first_name);
+    assert_eq!(
+        store.get_user(original.user_id).await.unwrap(),
+        Some(changed.clone())
+    );
+
+    // An address-only change keeps the emails and bumps the version again.
+    let again = store
+        .update_contact(&change(original.user_id, None, Some("1 Main St")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.contact_version, again.emails.clone()),
+        (3, changed.emails.clone())
+    );
+
+    let events = store
+        .claim_outbox("relay-a", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    let body = UserUpdated::parse(events[0].payload.as_bytes()).unwrap();
+    assert_eq!(body.user_id, original.user_id);
+    assert_eq!(body.version, 2);
+    assert_eq!(body.emails, emails(&["b@x.io", "c@x.io"]));
+    assert_eq!(body.delivery_address.street, "99 Park Ave");
+    assert_eq!(events[0].request_id.as_deref(), Some("req-1"));
+    assert_eq!(events[0].event_id, body.event_id);
+
+    // The old address is free again; the new ones are taken.
+    store.create_user(&user(&["A@x.io"])).await.unwrap();
+    assert!(matches!(
+        store.create_user(&user(&["c@X.io"])).await,
+        Err(StoreError::EmailTaken { .. })
+    ));
+}
+
+async fn refused_changes_leave_no_trace(store: Arc<dyn UserStore>) {
+    let missing = store
+        .update_contact(&change(UserId::new_random(), Some(&["z@x.io"]), None))
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+
+    let holder = user(&["held@x.io"]);
+    let other = user(&["mine@x.io"]);
+    store.create_user(&holder).await.unwrap();
+    store.create_user(&other).await.unwrap();
+    let taken = store
+        .update_contact(&change(
+            other.user_id,
+            Some(&["mine@x.io", "HELD@x.io"]),
+            Some("2 Elm"),
+        ))
+        .await;
+    assert!(
+        matches!(taken, Err(StoreError::EmailTaken { .. })),
+        "{taken:?}"
+    );
+    assert_eq!(
+        store.get_user(other.user_id).await.unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+
+    // Keeping one's own address, in another case, is not a clash.
+    let kept = store
+        .update_contact(&change(other.user_id, Some(&["MINE@x.io"]), None))
+        .await
+        .unwrap();
+    assert_eq!(kept.emails, emails(&["MINE@x.io"]));
+}
+
+async fn outbox_leases_keep_relays_apart(store: Arc<dyn UserStore>) {
+    let u = user(&["lease@x.io"]);
+    store.create_user(&u).await.unwrap();
+    for street in ["1 A St", "2 B St", "3 C St"] {
+        store
+            .update_contact(&change(u.user_id, None, Some(street)))
+            .await
+            .unwrap();
+    }
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.pending, 3);
+    assert!(stats.oldest.is_some());
+
+    let first = store
+        .claim_outbox("relay-a", Duration::from_secs(30), 2)
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    assert!(first.iter().all(|e| e.attempts == 1));
+    // The other relay only gets what relay-a has not leased.
+    let second = store
+        .claim_outbox("relay-b", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(second.iter().map(|e| e.version).collect::<Vec<_>>(), [4]);
+    assert!(
+        store
+            .claim_outbox("relay-b", Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // relay-a publishes one and gives the other back; relay-b can take it at once.
+    store
+        .complete_outbox(&[first[0].event_id.clone()])
+        .await
+        .unwrap();
+    store
+        .release_outbox("relay-a", &[first[1].event_id.clone()])
+        .await
+        .unwrap();
+    let retaken = store
+        .claim_outbox("relay-b", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(retaken.iter().map(|e| e.version).collect::<Vec<_>>(), [3]);
+    assert_eq!(retaken[0].attempts, 2);
+
+    // A relay that dies keeps its lease only until it runs out.
+    store
+        .update_contact(&change(u.user_id, None, Some("4 D St")))
+        .await
+        .unwrap();
+    // (A zero lease has run out as soon as it is taken.)
+    let doomed = store
+        .claim_outbox("relay-c", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(doomed.len(), 1);
+    let rescued = store
+        .claim_outbox("relay-a", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued.iter().map(|e| &e.event_id).collect::<Vec<_>>(),
+        [&doomed[0].event_id]
+    );
+
+    let all: Vec<String> = [second, retaken, rescued]
+        .concat()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    store.complete_outbox(&all).await.unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    store.ping().await.unwrap();
+}
+
+// === harness ===
+
+async fn sqlite_store() -> (Arc<dyn UserStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteUserStore::open(&dir.path().join("user_db.sqlite")).unwrap();
+    (Arc::new(store), dir)
+}
+
+async fn mongo_store() -> Option<Arc<dyn UserStore>> {
+    let uri = tandem::testing::mongo_uri("user_db_test")?;
+    Some(Arc::new(MongoUserStore::connect(&uri).await.unwrap()))
+}
+
+tandem::store_contract!(
+    sqlite: super::sqlite_store,
+    mongo: super::mongo_store,
+    cases: [
+    create_then_get_round_trips,
+    emails_are_unique_ignoring_case,
+    concurrent_creates_with_one_email_admit_exactly_one,
+    contact_change_bumps_version_and_records_event,
+    refused_changes_leave_no_trace,
+    outbox_leases_keep_relays_apart,
+    ]
+);
