@@ -1,0 +1,344 @@
+//! The contract every order store keeps, run against SQLite always and against MongoDB
+//! when MONGO_URI is set (each case in a database of its own).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use order_svc::model::{DetailsChange, ListFilter, Order, OrderItem, PageCursor, UserContact};
+use order_svc::store::{
+    DetailsOutcome, MongoOrderStore, OrderStore, SqliteOrderStore, StatusOutcome,
+};
+use tandem::domain::{Address, EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId};
+
+fn emails(list: &[&str]) -> EmailList {
+    let raw: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    EmailList::parse(&raw, EmailCheck::Lenient).unwrap()
+}
+
+fn address(street: &str) -> Address {
+    Address {
+        street: street.into(),
+        city: "Ottawa".into(),
+        province: "ON".into(),
+        postal_code: "K2P 1L4".into(),
+        country: "Canada".into(),
+    }
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_764_000_000_000 + ms).unwrap()
+}
+
+fn order(user_id: UserId, status: OrderStatus, created_at: DateTime<Utc>) -> Order {
+    Order {
+        order_id: OrderId::new_random(),
+        user_id,
+        items: vec![
+            OrderItem {
+                item_id: "Study table".into(),
+                quantity: 1,
+                price: Price::parse("29.99").unwrap(),
+            },
+            OrderItem {
+                item_id: "Chair".into(),
+                quantity: 3,
+                price: Price::parse("15.990").unwrap(),
+            },
+        ],
+        emails: emails(&["robert.williams@hotmail.com"]),
+        delivery_address: address("456 Elm Avenue"),
+        status,
+        contact_version: 0,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+fn contact(user_id: UserId, version: i64, email: &str, street: &str) -> UserContact {
+    UserContact {
+        user_id,
+        version,
+        emails: emails(&[email]),
+        delivery_address: address(street),
+    }
+}
+
+async fn orders_round_trip_with_exact_prices(store: Arc<dyn OrderStore>) {
+    let mut o = order(UserId::new_random(), OrderStatus::UnderProcess, at(0));
+    o.items.push(OrderItem {
+        item_id: "Precise".into(),
+        quantity: 9_000_000_000,
+        price: Price::parse("123456789012345678.123456789").unwrap(),
+    });
+    o.items.push(OrderItem {
+        item_id: "Free".into(),
+        quantity: 1,
+        price: Price::parse("0").unwrap(),
+    });
+    store.create_order(&o).await.unwrap();
+    let back = store.get_order(o.order_id).await.unwrap().unwrap();
+    assert_eq!(back, o);
+    let prices: Vec<String> = back.items.iter().map(|i| i.price.to_string()).collect();
+    assert_eq!(
+        prices,
+        ["29.99", "15.990", "123456789012345678.123456789", "0"]
+    );
+    assert_eq!(store.get_order(OrderId::new_random()).await.unwrap(), None);
+}
+
+/// Walks every page of a listing.
+async fn all_pages(store: &dyn OrderStore, filter: ListFilter, page: usize) -> Vec<OrderId> {
+    let mut seen = Vec::new();
+    let mut after: Option<PageCursor> = None;
+    loop {
+        let orders = store.list_orders(filter, after, page).await.unwrap();
+        seen.extend(orders.iter().map(|o| o.order_id));
+        if orders.len() < page {
+            return seen;
+        }
+        after = orders.last().map(Order::cursor);
+    }
+}
+
+async fn listing_filters_and_pages_without_gaps(store: Arc<dyn OrderStore>) {
+    let alice = UserId::new_random();
+    let bob = UserId::new_random();
+    let mut expected_all = Vec::new();
+    for i in 0..23 {
+        let status = OrderStatus::ALL[i % 3];
+        let user = if i % 2 == 0 { alice } else { bob };
+        // Several orders share a timestamp: the order id breaks the tie.
+        let o = order(user, status, at((i / 4) as i64));
+        store.create_order(&o).await.unwrap();
+        expected_all.push(o);
+    }
+    expected_all.sort_by_key(|o| (o.created_at, o.order_id.to_string()));
+
+    let everything = all_pages(store.as_ref(), ListFilter::default(), 5).await;
+    assert_eq!(
+        everything,
+        expected_all.iter().map(|o| o.order_id).collect::<Vec<_>>()
+    );
+
+    let filter = ListFilter {
+        status: Some(OrderStatus::Shipping),
+        user_id: Some(alice),
+    };
+    let shipping_of_alice = all_pages(store.as_ref(), filter, 2).await;
+    let expected: Vec<OrderId> = expected_all
+        .iter()
+        .filter(|o| o.status == OrderStatus::Shipping && o.user_id == alice)
+        .map(|o| o.order_id)
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(shipping_of_alice, expected);
+
+    let by_status = ListFilter {
+        status: Some(OrderStatus::Delivered),
+        user_id: None,
+    };
+    let delivered = all_pages(store.as_ref(), by_status, 100).await;
+    assert_eq!(
+        delivered.len(),
+        expected_all
+            .iter()
+            .filter(|o| o.status == OrderStatus::Delivered)
+            .count()
+    );
+    let unique: HashSet<_> = everything.iter().collect();
+    assert_eq!(unique.len(), 23);
+}
+
+async fn status_moves_forward_only(store: Arc<dyn OrderStore>) {
+    let o = order(UserId::new_random(), OrderStatus::UnderProcess, at(0));
+    store.create_order(&o).await.unwrap();
+    let later = at(1000);
+
+    let StatusOutcome::Moved(shipped) = store
+        .update_status(o.order_id, OrderStatus::Shipping, later)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a move");
+    };
+    assert_eq!(
+        (shipped.status, shipped.updated_at),
+        (OrderStatus::Shipping, later)
+    );
+
+    // Again: nothing changes, not even updated_at.
+    match store
+        .update_status(o.order_id, OrderStatus::Shipping, at(2000))
+        .await
+        .unwrap()
+    {
+        StatusOutcome::Unchanged(same) => assert_eq!(same, shipped),
+        other => panic!("expected unchanged, got {other:?}"),
+    }
+    match store
+        .update_status(o.order_id, OrderStatus::UnderProcess, at(3000))
+        .await
+        .unwrap()
+    {
+        StatusOutcome::Backward(current) => assert_eq!(current.status, OrderStatus::Shipping),
+        other => panic!("expected backward, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .update_status(o.order_id, OrderStatus::Delivered, at(4000))
+            .await
+            .unwrap(),
+        StatusOutcome::Moved(_)
+    ));
+    assert_eq!(
+        store
+            .update_status(OrderId::new_random(), OrderStatus::Shipping, at(0))
+            .await
+            .unwrap(),
+        StatusOutcome::NotFound
+    );
+}
+
+async fn details_keep_shipped_addresses(store: Arc<dyn OrderStore>) {
+    let open = order(UserId::new_random(), OrderStatus::UnderProcess, at(0));
+    let shipped = order(UserId::new_random(), OrderStatus::Shipping, at(0));
+    store.create_order(&open).await.unwrap();
+    store.create_order(&shipped).await.unwrap();
+
+    let both = DetailsChange {
+        emails: Some(emails(&["new@x.io"])),
+        delivery_address: Some(address("12 Main St")),
+    };
+    match store
+        .update_details(open.order_id, &both, at(5))
+        .await
+        .unwrap()
+    {
+        DetailsOutcome::Updated(o) => {
+            assert_eq!(o.emails, emails(&["new@x.io"]));
+            assert_eq!(o.delivery_address.street, "12 Main St");
+            assert_eq!(o.updated_at, at(5));
+            assert_eq!(store.get_order(open.order_id).await.unwrap(), Some(o));
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+
+    assert_eq!(
+        store
+            .update_details(shipped.order_id, &both, at(5))
+            .await
+            .unwrap(),
+        DetailsOutcome::AddressIsHistory(OrderStatus::Shipping)
+    );
+    assert_eq!(
+        store.get_order(shipped.order_id).await.unwrap(),
+        Some(shipped.clone())
+    );
+
+    // Emails may still change, and so may the address "to" what it already is.
+    let emails_and_same_address = DetailsChange {
+        emails: Some(emails(&["later@x.io"])),
+        delivery_address: Some(shipped.delivery_address.clone()),
+    };
+    match store
+        .update_details(shipped.order_id, &emails_and_same_address, at(6))
+        .await
+        .unwrap()
+    {
+        DetailsOutcome::Updated(o) => {
+            assert_eq!(o.emails, emails(&["later@x.io"]));
+            assert_eq!(o.delivery_address, shipped.delivery_address);
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .update_details(OrderId::new_random(), &both, at(5))
+            .await
+            .unwrap(),
+        DetailsOutcome::NotFound
+    );
+}
+
+async fn user_contact_applies_once_and_in_version_order(store: Arc<dyn OrderStore>) {
+    let user = UserId::new_random();
+    let bystander = order(UserId::new_random(), OrderStatus::UnderProcess, at(0));
+    let open = order(user, OrderStatus::UnderProcess, at(1));
+    let shipped = order(user, OrderStatus::Shipping, at(2));
+    let delivered = order(user, OrderStatus::Delivered, at(3));
+    for o in [&bystander, &open, &shipped, &delivered] {
+        store.create_order(o).await.unwrap();
+    }
+
+    let v3 = store
+        .apply_user_contact(&contact(user, 3, "v3@x.io", "3 New St"), at(10))
+        .await
+        .unwrap();
+    assert_eq!((v3.matched, v3.modified), (3, 3));
+
+    let open_now = store.get_order(open.order_id).await.unwrap().unwrap();
+    assert_eq!(open_now.emails, emails(&["v3@x.io"]));
+    assert_eq!(open_now.delivery_address.street, "3 New St");
+    assert_eq!((open_now.contact_version, open_now.updated_at), (3, at(10)));
+    for past in [&shipped, &delivered] {
+        let now = store.get_order(past.order_id).await.unwrap().unwrap();
+        assert_eq!(now.emails, emails(&["v3@x.io"]));
+        assert_eq!(
+            now.delivery_address, past.delivery_address,
+            "a shipped address is history"
+        );
+        assert_eq!(now.contact_version, 3);
+    }
+    assert_eq!(
+        store.get_order(bystander.order_id).await.unwrap(),
+        Some(bystander)
+    );
+
+    // The same event again, and an older one arriving late, change nothing.
+    let again = store
+        .apply_user_contact(&contact(user, 3, "v3@x.io", "3 New St"), at(11))
+        .await
+        .unwrap();
+    let late = store
+        .apply_user_contact(&contact(user, 2, "v2@x.io", "2 Old St"), at(12))
+        .await
+        .unwrap();
+    assert_eq!((again.matched, again.modified, late.modified), (3, 0, 0));
+    assert_eq!(
+        store.get_order(open.order_id).await.unwrap(),
+        Some(open_now)
+    );
+
+    let nobody = store
+        .apply_user_contact(&contact(UserId::new_random(), 1, "x@x.io", "1 St"), at(13))
+        .await
+        .unwrap();
+    assert_eq!((nobody.matched, nobody.modified), (0, 0));
+    store.ping().await.unwrap();
+}
+
+// === harness ===
+
+async fn sqlite_store() -> (Arc<dyn OrderStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite")).unwrap();
+    (Arc::new(store), dir)
+}
+
+async fn mongo_store() -> Option<Arc<dyn OrderStore>> {
+    let uri = tandem::testing::mongo_uri("order_db_test")?;
+    Some(Arc::new(MongoOrderStore::connect(&uri).await.unwrap()))
+}
+
+tandem::store_contract!(
+    sqlite: super::sqlite_store,
+    mongo: super::mongo_store,
+    cases: [
+        orders_round_trip_with_exact_prices,
+        listing_filters_and_pages_without_gaps,
+        status_moves_forward_only,
+        details_keep_shipped_addresses,
+        user_contact_applies_once_and_in_version_order,
+    ]
+);
