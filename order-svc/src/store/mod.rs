@@ -40,6 +40,10 @@ pub enum StatusOutcome {
 }
 
 /// What a details change did.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per request; boxing would only add an allocation"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetailsOutcome {
     Updated(Order),
