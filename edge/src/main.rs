@@ -1,1 +1,97 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use edge::{AdminToken, Config, Edge, UpstreamConfig};
+use tandem::telemetry::{self, LogArgs};
+
+/// tandem's edge: the public REST API over the internal gRPC services.
+#[derive(Debug, Parser)]
+#[command(name = "edge", version, about)]
+struct Args {
+    /// Address of the HTTP server.
+    #[arg(long, env = "EDGE_LISTEN", default_value = "0.0.0.0:8000")]
+    listen: SocketAddr,
+
+    /// user-svc v1 (legacy flavor).
+    #[arg(
+        long = "user-v1",
+        env = "USER_V1_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    user_v1: String,
+
+    /// user-svc v2.
+    #[arg(
+        long = "user-v2",
+        env = "USER_V2_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    user_v2: String,
+
+    /// order-svc.
+    #[arg(
+        long = "orders",
+        env = "ORDER_SVC_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    orders: String,
+
+    /// The routing file, {"P": 0..100} (percent of user traffic to v1); P = 100 when absent.
+    #[arg(long, env = "ROUTING_CONFIG", default_value = "routing.json")]
+    routing_config: PathBuf,
+
+    /// Bearer token of /admin/*; the admin API is off when unset.
+    #[arg(long, env = "EDGE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    /// Deadline of each call to a service, in milliseconds.
+    #[arg(long, env = "EDGE_UPSTREAM_TIMEOUT_MS", default_value_t = 5000)]
+    upstream_timeout_ms: u64,
+
+    /// Longest a whole request may take, reading a slow client's body included, in ms.
+    #[arg(long, env = "EDGE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+
+    /// How often the routing file is checked for changes, in milliseconds.
+    #[arg(long, env = "ROUTING_POLL_MS", default_value_t = 1000)]
+    routing_poll_ms: u64,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(&args.log);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("edge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config {
+        upstreams: UpstreamConfig {
+            user_v1: args.user_v1,
+            user_v2: args.user_v2,
+            orders: args.orders,
+            timeout: Duration::from_millis(args.upstream_timeout_ms.max(1)),
+        },
+        routing_file: args.routing_config,
+        routing_poll: Duration::from_millis(args.routing_poll_ms.max(10)),
+        admin_token: args.admin_token.and_then(AdminToken::new),
+        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+    };
+    let edge = Edge::new(config)?;
+    let listener = tandem::ops::bind(args.listen).await?;
+    edge.serve(listener, tandem::shutdown::on_signal()).await?;
+    Ok(())
+}

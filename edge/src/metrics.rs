@@ -1,0 +1,200 @@
+//! What the edge counts: every HTTP request by route and status, and every call to a user
+//! flavor by outcome and latency, plus failovers. Per-flavor figures are also kept as
+//! plain handles so `GET /admin/routing` can show them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::routing::Flavor;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlavorLabels {
+    flavor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    flavor: &'static str,
+    outcome: &'static str,
+}
+
+/// One flavor's handles.
+#[derive(Clone)]
+struct FlavorMetrics {
+    ok: Counter,
+    errors: Counter,
+    failovers_from: Counter,
+    latency: Histogram,
+    /// The histogram's sum, readable (prometheus-client only reads it back in tests).
+    latency_micros: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    http: Family<HttpLabels, Counter>,
+    http_latency: Family<RouteLabels, Histogram>,
+    flavors: [FlavorMetrics; 2],
+    routing_p: Gauge,
+}
+
+fn latency_buckets() -> Histogram {
+    // 100 µs … ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// Request and error counts, failovers and latency of one flavor.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlavorStats {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests that found this flavor unreachable and went to the other.
+    pub failovers: u64,
+    pub mean_latency_ms: f64,
+}
+
+impl EdgeMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let outcomes: Family<OutcomeLabels, Counter> = Family::default();
+        let failovers: Family<FlavorLabels, Counter> = Family::default();
+        let latency: Family<FlavorLabels, Histogram> =
+            Family::new_with_constructor(latency_buckets);
+        // One `let` per handle: get_or_create returns a guard on the family, and two
+        // guards alive in one expression would deadlock the second (a write) on the first.
+        let flavor = |f: Flavor| {
+            let name = f.as_str();
+            let ok = outcomes
+                .get_or_create(&OutcomeLabels {
+                    flavor: name,
+                    outcome: "ok",
+                })
+                .clone();
+            let errors = outcomes
+                .get_or_create(&OutcomeLabels {
+                    flavor: name,
+                    outcome: "error",
+                })
+                .clone();
+            let failovers_from = failovers
+                .get_or_create(&FlavorLabels { flavor: name })
+                .clone();
+            let latency = latency
+                .get_or_create(&FlavorLabels { flavor: name })
+                .clone();
+            FlavorMetrics {
+                ok,
+                errors,
+                failovers_from,
+                latency,
+                latency_micros: Arc::default(),
+            }
+        };
+        let metrics = EdgeMetrics {
+            http: Family::default(),
+            http_latency: Family::new_with_constructor(latency_buckets),
+            flavors: [flavor(Flavor::V1), flavor(Flavor::V2)],
+            routing_p: Gauge::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            metrics.http.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            metrics.http_latency.clone(),
+        );
+        registry.register(
+            "user_upstream_requests",
+            "Calls to a user-svc flavor, by flavor and outcome (error: anything but OK)",
+            outcomes,
+        );
+        registry.register(
+            "user_upstream_latency_seconds",
+            "Time a user-svc flavor took to answer, by flavor",
+            latency,
+        );
+        registry.register(
+            "user_failovers",
+            "Requests that found a flavor unreachable and went to the other one, by the flavor that was down",
+            failovers,
+        );
+        registry.register(
+            "routing_p",
+            "Percent of user traffic routed to user-svc v1",
+            metrics.routing_p.clone(),
+        );
+        metrics
+    }
+
+    pub fn http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http
+            .get_or_create(&HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn flavor_call(&self, flavor: Flavor, ok: bool, elapsed: Duration) {
+        let m = &self.flavors[flavor.index()];
+        if ok { &m.ok } else { &m.errors }.inc();
+        m.latency.observe(elapsed.as_secs_f64());
+        m.latency_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn failover(&self, from: Flavor) {
+        self.flavors[from.index()].failovers_from.inc();
+    }
+
+    pub fn set_routing_p(&self, p: u8) {
+        self.routing_p.set(i64::from(p));
+    }
+
+    pub fn flavor_stats(&self, flavor: Flavor) -> FlavorStats {
+        let m = &self.flavors[flavor.index()];
+        let (ok, errors) = (m.ok.get(), m.errors.get());
+        let calls = ok + errors;
+        let micros = m.latency_micros.load(Ordering::Relaxed);
+        FlavorStats {
+            requests: calls,
+            errors,
+            failovers: m.failovers_from.get(),
+            mean_latency_ms: if calls == 0 {
+                0.0
+            } else {
+                (micros as f64 / calls as f64).round() / 1000.0
+            },
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The HTTP application: the REST routes (each also answering with a trailing slash), the
+//! docs, and the middleware every request passes through (request id, access log,
+//! metrics, overall timeout).
+
+mod admin;
+mod ops;
+mod orders;
+mod users;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tandem",
+        description = "Users and orders. Every error is JSON: {\"status\":\"error\",\"code\",\"detail\",\"fields\"}. \
+                       Routes also answer with a trailing slash.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "users", description = "Users, served by user-svc v1 or v2 by the routing dial"),
+        (name = "orders", description = "Orders, served by order-svc"),
+        (name = "operations", description = "Health, metrics and the routing dial"),
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::FieldError))
+)]
+struct ApiDoc;
+
+fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(users::create_user))
+        .routes(routes!(users::get_user, users::update_user))
+        .routes(routes!(orders::create_order, orders::list_orders))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::update_status))
+        .routes(routes!(orders::update_details))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(admin::get_routing, admin::put_routing))
+        .with_state(state)
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document, generated from the handlers and their types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = api(placeholder_state());
+    doc
+}
+
+/// Only `openapi()` uses this: generating the document needs a router, not a live state.
+fn placeholder_state() -> AppState {
+    let config = crate::Config {
+        upstreams: crate::UpstreamConfig {
+            user_v1: "http://127.0.0.1:1".into(),
+            user_v2: "http://127.0.0.1:1".into(),
+            orders: "http://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(1),
+        },
+        routing_file: "/nonexistent/tandem/routing.json".into(),
+        routing_poll: Duration::from_secs(1),
+        admin_token: None,
+        request_timeout: Duration::from_secs(1),
+    };
+    crate::Edge::new(config)
+        .expect("a placeholder edge always builds")
+        .state
+}
+
+pub fn app(state: AppState) -> Router {
+    let (api, doc) = api(state.clone());
+    let api = api
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(state, track));
+    // /users/ and /users are one route: the slash is trimmed before routing.
+    let api = NormalizePathLayer::trim_trailing_slash().layer(api);
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback_service(api)
+}
+
+/// The id of the request being served, taken from `x-request-id` or made here.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+fn request_id_from(request: &Request) -> String {
+    request
+        .headers()
+        .get(tandem::grpc::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        // Accept a client's id only if it is short and plain; otherwise make one.
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Every request: a request id (returned and logged), an overall timeout, an access log
+/// line and metrics.
+async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request_id_from(&request);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!("http", %method, %path, request_id = %request_id);
+    let mut response = match tokio::time::timeout(
+        state.request_timeout,
+        next.run(request).instrument(span.clone()),
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!("the request took longer than {:?}", state.request_timeout),
+        )
+        .into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(tandem::grpc::REQUEST_ID, value);
+    }
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.http(method.as_str(), &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "answered"
+        );
+    });
+    response
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn wrong_method(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Keeps the routing dial in step with its file, and its gauge with the dial.
+pub async fn watch_routing(state: AppState, poll: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                state.routing.reload().await;
+                state.metrics.set_routing_p(state.routing.current().p);
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! /health and /metrics.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthBody {
+    /// "ok", or "unavailable" when an upstream is down.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// Each upstream: "ok", or why not.
+    #[schema(example = json!({"user-svc-v1": "ok", "user-svc-v2": "ok", "order-svc": "ok"}))]
+    dependencies: BTreeMap<&'static str, String>,
+}
+
+/// Health of the edge's upstreams (their gRPC health): 200 when all serve, 503 naming
+/// those that do not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every upstream serves", body = HealthBody),
+        (status = 503, description = "An upstream is down; it is named", body = HealthBody),
+    )
+)]
+pub async fn health(State(state): State<AppState>) -> Response {
+    let checks = state.upstreams.health().await;
+    let healthy = checks.iter().all(|(_, verdict)| verdict.is_ok());
+    let dependencies = checks
+        .into_iter()
+        .map(|(name, verdict)| (name, verdict.err().unwrap_or_else(|| "ok".to_owned())))
+        .collect();
+    let body = HealthBody {
+        status: if healthy { "ok" } else { "unavailable" },
+        dependencies,
+    };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics could not be encoded",
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

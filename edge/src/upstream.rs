@@ -1,0 +1,208 @@
+//! The gRPC side of the edge: one shared channel per upstream (made once; tonic channels
+//! multiplex and reconnect), a deadline on every call, the request id in metadata, and
+//! failover between user flavors for calls that never left the edge.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tandem::proto::order::v1::order_service_client::OrderServiceClient;
+use tandem::proto::user::v1::user_service_client::UserServiceClient;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::metrics::EdgeMetrics;
+use crate::routing::Flavor;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub user_v1: String,
+    pub user_v2: String,
+    pub orders: String,
+    /// The deadline of every upstream call.
+    pub timeout: Duration,
+}
+
+/// A user call's outcome and the flavor that produced it.
+pub struct Served<T> {
+    pub flavor: Flavor,
+    pub result: Result<T, Status>,
+}
+
+#[derive(Clone)]
+pub struct Upstreams {
+    users: [UserServiceClient<Channel>; 2],
+    orders: OrderServiceClient<Channel>,
+    /// (name, channel) of each upstream, for /health.
+    named: [(&'static str, Channel); 3],
+    timeout: Duration,
+    metrics: EdgeMetrics,
+}
+
+fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("{url:?} is not a usable URL: {e}"))?
+        // Connection refused is immediate; a silent host should not eat the deadline.
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    // Lazy: the edge starts (and answers /health with 503) even when an upstream is down.
+    Ok(endpoint.connect_lazy())
+}
+
+impl Upstreams {
+    pub fn new(config: &UpstreamConfig, metrics: EdgeMetrics) -> Result<Self, String> {
+        let v1 = channel(&config.user_v1, config.timeout)?;
+        let v2 = channel(&config.user_v2, config.timeout)?;
+        let orders = channel(&config.orders, config.timeout)?;
+        Ok(Upstreams {
+            users: [
+                UserServiceClient::new(v1.clone()),
+                UserServiceClient::new(v2.clone()),
+            ],
+            orders: OrderServiceClient::new(orders.clone()),
+            named: [
+                ("user-svc-v1", v1),
+                ("user-svc-v2", v2),
+                ("order-svc", orders),
+            ],
+            timeout: config.timeout,
+            metrics,
+        })
+    }
+
+    fn request<T>(&self, message: T, request_id: &str) -> tonic::Request<T> {
+        let mut request = tandem::grpc::request_with_id(message, request_id);
+        // Tells the service how long the edge will wait, so it can give up too.
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Calls a user flavor; if it cannot be reached at all (the connection failed, so
+    /// the request was never sent) the other flavor gets the request. A request that may
+    /// have reached a flavor is never repeated: a create or update might run twice.
+    pub async fn user<Req, Resp, F, Fut>(
+        &self,
+        first: Flavor,
+        request_id: &str,
+        message: Req,
+        call: F,
+    ) -> Served<Resp>
+    where
+        Req: Clone,
+        F: Fn(UserServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let result = self
+            .call_flavor(first, request_id, message.clone(), &call)
+            .await;
+        match result {
+            Err(status) if never_sent(&status) => {
+                let second = first.other();
+                self.metrics.failover(first);
+                tracing::warn!(from = first.as_str(), to = second.as_str(), error = %status.message(), "user flavor unreachable; failing over");
+                Served {
+                    flavor: second,
+                    result: self.call_flavor(second, request_id, message, &call).await,
+                }
+            }
+            result => Served {
+                flavor: first,
+                result,
+            },
+        }
+    }
+
+    async fn call_flavor<Req, Resp, F, Fut>(
+        &self,
+        flavor: Flavor,
+        request_id: &str,
+        message: Req,
+        call: &F,
+    ) -> Result<Resp, Status>
+    where
+        F: Fn(UserServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let started = Instant::now();
+        let client = self.users[flavor.index()].clone();
+        let result = call(client, self.request(message, request_id))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(deadline_as_such);
+        self.metrics
+            .flavor_call(flavor, result.is_ok(), started.elapsed());
+        result
+    }
+
+    pub async fn orders<Req, Resp, F, Fut>(
+        &self,
+        request_id: &str,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, Status>
+    where
+        F: FnOnce(OrderServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        call(self.orders.clone(), self.request(message, request_id))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(deadline_as_such)
+    }
+
+    /// Each upstream's gRPC health: `Ok` when SERVING, else why not.
+    pub async fn health(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let checks = self.named.iter().map(|(name, channel)| {
+            let mut client = HealthClient::new(channel.clone());
+            async move {
+                let mut request = tonic::Request::new(HealthCheckRequest::default());
+                request.set_timeout(Duration::from_secs(1));
+                let verdict =
+                    match tokio::time::timeout(Duration::from_secs(2), client.check(request)).await
+                    {
+                        Err(_) => Err("no answer within 2 s".to_owned()),
+                        Ok(Err(status)) => Err(format!("unreachable: {}", status.message())),
+                        Ok(Ok(reply))
+                            if reply.get_ref().status == ServingStatus::Serving as i32 =>
+                        {
+                            Ok(())
+                        }
+                        Ok(Ok(_)) => Err("not serving".to_owned()),
+                    };
+                (*name, verdict)
+            }
+        });
+        futures::future::join_all(checks).await
+    }
+}
+
+/// Whether a call failed before anything was sent: tonic reports a failed connection
+/// attempt with a `ConnectError` in the status's source chain.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// tonic reports its own client-side timeout as CANCELLED ("Timeout expired"); for the
+/// client of the edge that is the upstream missing its deadline.
+fn deadline_as_such(status: Status) -> Status {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&status);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return Status::deadline_exceeded("the upstream did not answer in time");
+        }
+        source = err.source();
+    }
+    status
+}
