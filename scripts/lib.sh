@@ -80,3 +80,8 @@ ensure_buf() {
   fi
   export PATH="$dir/node_modules/.bin:$PATH"
 }
+
+# Chromium, for the test that renders /docs in a real browser.
+ensure_chromium() {
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null || apt_install chromium
+}

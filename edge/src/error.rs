@@ -4,7 +4,7 @@
 //! causes go to the log; clients get a sentence that is safe to show.
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tonic::Code;
@@ -42,7 +42,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub fields: Vec<FieldError>,
-    pub headers: HeaderMap,
+    /// Extra response headers (few and static, so kept small).
+    pub headers: Vec<(&'static str, &'static str)>,
 }
 
 impl ApiError {
@@ -52,7 +53,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             fields: Vec::new(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -78,8 +79,7 @@ impl ApiError {
     }
 
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.headers
-            .insert(name, axum::http::HeaderValue::from_static(value));
+        self.headers.push((name, value));
         self
     }
 
@@ -126,7 +126,7 @@ impl ApiError {
             code: code_name(code),
             detail,
             fields,
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 }
@@ -139,7 +139,13 @@ impl IntoResponse for ApiError {
             detail: self.detail,
             fields: self.fields,
         };
-        (self.http, self.headers, Json(body)).into_response()
+        let mut response = (self.http, Json(body)).into_response();
+        for (name, value) in self.headers {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        response
     }
 }
 

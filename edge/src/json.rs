@@ -47,6 +47,9 @@ fn too_large() -> ApiError {
         "PAYLOAD_TOO_LARGE",
         format!("the body is larger than {} KiB", MAX_BODY_BYTES / 1024),
     )
+    // The rest of the body stays unread, so this connection cannot carry another request;
+    // saying so keeps clients from reusing it.
+    .with_header("connection", "close")
 }
 
 fn body_error(err: &axum::Error) -> ApiError {

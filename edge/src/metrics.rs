@@ -57,6 +57,7 @@ pub struct EdgeMetrics {
     http_latency: Family<RouteLabels, Histogram>,
     flavors: [FlavorMetrics; 2],
     routing_p: Gauge,
+    routing_rejections: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -116,6 +117,7 @@ impl EdgeMetrics {
             http_latency: Family::new_with_constructor(latency_buckets),
             flavors: [flavor(Flavor::V1), flavor(Flavor::V2)],
             routing_p: Gauge::default(),
+            routing_rejections: Counter::default(),
         };
         registry.register(
             "http_requests",
@@ -147,7 +149,16 @@ impl EdgeMetrics {
             "Percent of user traffic routed to user-svc v1",
             metrics.routing_p.clone(),
         );
+        registry.register(
+            "routing_file_rejections",
+            "Changes of the routing file that did not parse and were ignored",
+            metrics.routing_rejections.clone(),
+        );
         metrics
+    }
+
+    pub fn routing_file_rejected(&self) {
+        self.routing_rejections.inc();
     }
 
     pub fn http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

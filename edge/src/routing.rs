@@ -128,6 +128,15 @@ pub fn choose(config: RoutingConfig, user_id: Option<&str>) -> Flavor {
     }
 }
 
+/// What a look at the routing file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    Applied,
+    /// The file changed but does not parse; the last good config stays.
+    Rejected,
+}
+
 /// The live routing config, shared by every request (read without locks) and changed by
 /// the file watcher and the admin API.
 pub struct Routing {
@@ -202,30 +211,33 @@ impl Routing {
     /// Re-reads the file if its content changed. A file that does not parse keeps the
     /// last good config and is logged. Polled (not watched with inotify): polling also
     /// sees edits through a Docker bind mount of a single file, which replaces the inode.
-    pub async fn reload(&self) {
+    pub async fn reload(&self) -> Reload {
         let text = match tokio::fs::read_to_string(&self.file).await {
             Ok(text) => text,
             // Deleted or unreadable: keep what we have; the next good write wins.
-            Err(_) => return,
+            Err(_) => return Reload::Unchanged,
         };
         let mut seen = self.writer.lock().await;
         if seen.as_deref() == Some(text.as_str()) {
-            return;
+            return Reload::Unchanged;
         }
-        match RoutingConfig::parse(&text) {
+        let outcome = match RoutingConfig::parse(&text) {
             Ok(config) => {
                 let before = self.current();
                 self.store(config);
                 if before != config {
                     tracing::info!(p = config.p, mode = ?config.mode, file = %self.file.display(), "routing file changed");
                 }
+                Reload::Applied
             }
             Err(e) => {
                 let kept = self.current();
                 tracing::warn!(file = %self.file.display(), error = %e, kept_p = kept.p, "invalid routing file ignored; keeping the last good config");
+                Reload::Rejected
             }
-        }
+        };
         *seen = Some(text);
+        outcome
     }
 }
 
@@ -321,10 +333,11 @@ mod tests {
         assert_eq!(Routing::load(&file).unwrap().current(), sticky(30));
 
         std::fs::write(&file, r#"{"P": 55}"#).unwrap();
-        routing.reload().await;
+        assert_eq!(routing.reload().await, Reload::Applied);
         assert_eq!(routing.current().p, 55);
+        assert_eq!(routing.reload().await, Reload::Unchanged);
         std::fs::write(&file, r#"{"P": "lots"}"#).unwrap();
-        routing.reload().await;
+        assert_eq!(routing.reload().await, Reload::Rejected);
         assert_eq!(routing.current().p, 55);
         assert!(
             Routing::load(&file).is_err(),

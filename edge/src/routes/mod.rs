@@ -43,7 +43,7 @@ use crate::error::ApiError;
 )]
 struct ApiDoc;
 
-fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::create_user))
         .routes(routes!(users::get_user, users::update_user))
@@ -54,38 +54,17 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::health))
         .routes(routes!(ops::metrics))
         .routes(routes!(admin::get_routing, admin::put_routing))
-        .with_state(state)
-        .split_for_parts()
 }
 
 /// The OpenAPI 3.1 document, generated from the handlers and their types.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) = api(placeholder_state());
-    doc
-}
-
-/// Only `openapi()` uses this: generating the document needs a router, not a live state.
-fn placeholder_state() -> AppState {
-    let config = crate::Config {
-        upstreams: crate::UpstreamConfig {
-            user_v1: "http://127.0.0.1:1".into(),
-            user_v2: "http://127.0.0.1:1".into(),
-            orders: "http://127.0.0.1:1".into(),
-            timeout: Duration::from_secs(1),
-        },
-        routing_file: "/nonexistent/tandem/routing.json".into(),
-        routing_poll: Duration::from_secs(1),
-        admin_token: None,
-        request_timeout: Duration::from_secs(1),
-    };
-    crate::Edge::new(config)
-        .expect("a placeholder edge always builds")
-        .state
+    api().split_for_parts().1
 }
 
 pub fn app(state: AppState) -> Router {
-    let (api, doc) = api(state.clone());
+    let (api, doc) = api().split_for_parts();
     let api = api
+        .with_state(state.clone())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(state, track));
@@ -187,7 +166,9 @@ pub async fn watch_routing(state: AppState, poll: Duration, shutdown: Cancellati
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                state.routing.reload().await;
+                if state.routing.reload().await == crate::routing::Reload::Rejected {
+                    state.metrics.routing_file_rejected();
+                }
                 state.metrics.set_routing_p(state.routing.current().p);
             }
         }

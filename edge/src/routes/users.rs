@@ -53,10 +53,10 @@ fn respond<T>(served: Served<T>, ok: impl FnOnce(T) -> Response) -> Response {
     response
 }
 
-fn user_or_internal(user: Option<tandem::proto::user::v1::User>) -> Result<UserView, Response> {
+fn user_or_internal(user: Option<tandem::proto::user::v1::User>) -> Result<UserView, ApiError> {
     user.map(UserView::from).ok_or_else(|| {
         tracing::error!("user-svc answered without a user");
-        ApiError::from_status(&tonic::Status::internal(""), UPSTREAM, rename).into_response()
+        ApiError::from_status(&tonic::Status::internal(""), UPSTREAM, rename)
     })
 }
 
@@ -107,7 +107,7 @@ pub async fn create_user(
                 }
                 response
             }
-            Err(response) => response,
+            Err(error) => error.into_response(),
         }
     }))
 }
@@ -150,7 +150,7 @@ pub async fn get_user(
                 user,
             })
             .into_response(),
-            Err(response) => response,
+            Err(error) => error.into_response(),
         }
     }))
 }
@@ -210,7 +210,7 @@ pub async fn update_user(
                 after,
             })
             .into_response(),
-            Err(response) => response,
+            Err(error) => error.into_response(),
         }
     }))
 }
