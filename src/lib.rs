@@ -5,6 +5,7 @@
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod messaging;
 pub mod ops;
 pub mod proto;
 pub mod shutdown;

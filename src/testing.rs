@@ -1,4 +1,11 @@
-//! Helpers for tandem's own tests (feature `testing`; never in a release build).
+//! Helpers for tandem's own tests and benchmarks (feature `testing`; never in a service
+//! build): MongoDB test databases, the store contract harness, child processes, and
+//! polling with a deadline instead of sleeping.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// MongoDB test cases take this lock so they run one at a time. The MongoDB-wire test
 /// server detects transaction conflicts engine-wide (any write anywhere during a
@@ -60,6 +67,136 @@ macro_rules! store_contract {
             )*
         }
     };
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A binary of this workspace, built in the same profile as the running executable
+/// (next to it, or next to its `deps/` directory for test executables).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable has a path");
+    let dir = exe.parent().expect("an executable lives in a directory");
+    let candidates = [
+        dir.join(name),
+        dir.parent().map(|d| d.join(name)).unwrap_or_default(),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not built next to {}: build the workspace first (cargo build --workspace)",
+                exe.display()
+            )
+        })
+}
+
+/// A port nobody listens on right now (the OS may, rarely, hand it out again before the
+/// process under test binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free port")
+}
+
+/// A child process with its output in a log file; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &str, command: &mut Command, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("the log file can be created");
+        let child = command
+            .stdout(Stdio::from(file.try_clone().expect("a log file handle")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(self.pid(), signal);
+    }
+
+    /// Sends SIGTERM and waits for the exit status (panics after `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(timeout).await
+    }
+
+    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let name = self.name.clone();
+        eventually(timeout, &format!("{name} to exit"), || {
+            let status = self.child.try_wait().expect("the child can be polled");
+            async move { status }
+        })
+        .await
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a gRPC server at `addr` (host:port) answers its health check with SERVING.
+pub async fn wait_serving(addr: &str, timeout: Duration) {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let url = format!("http://{addr}");
+    eventually(timeout, &format!("{addr} to serve"), || {
+        let url = url.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(url)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .ok()?;
+            (reply.into_inner().status == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -147,6 +147,12 @@ impl Edge {
             "edge serving"
         );
         let app = self.router();
+        // Small JSON answers go out at once rather than waiting on Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;

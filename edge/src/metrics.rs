@@ -17,16 +17,17 @@ use utoipa::ToSchema;
 
 use crate::routing::Flavor;
 
+// Labels are static strings: no allocation per request to count it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +50,41 @@ struct FlavorMetrics {
     latency: Histogram,
     /// The histogram's sum, readable (prometheus-client only reads it back in tests).
     latency_micros: Arc<AtomicU64>,
+}
+
+/// The label of an HTTP method; anything unusual is "other", so clients cannot grow the
+/// label set.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The label of a matched route template (one of the API's), or "unmatched".
+pub fn route_label(matched: Option<&str>) -> &'static str {
+    const ROUTES: [&str; 9] = [
+        "/users",
+        "/users/{userId}",
+        "/orders",
+        "/orders/{orderId}",
+        "/orders/{orderId}/status",
+        "/orders/{orderId}/details",
+        "/health",
+        "/metrics",
+        "/admin/routing",
+    ];
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m))
+        .copied()
+        .unwrap_or("unmatched")
 }
 
 #[derive(Clone)]
@@ -161,18 +197,18 @@ impl EdgeMetrics {
         self.routing_rejections.inc();
     }
 
-    pub fn http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+    /// Counts one answered request. `method` and `route` are label values from
+    /// [`method_label`] and [`route_label`].
+    pub fn http(&self, method: &'static str, route: &'static str, status: u16, elapsed: Duration) {
         self.http
             .get_or_create(&HttpLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route,
                 status,
             })
             .inc();
         self.http_latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(elapsed.as_secs_f64());
     }
 

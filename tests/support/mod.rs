@@ -1,12 +1,10 @@
 //! What tandem's end-to-end tests share: services started in-process on port 0, real
 //! binaries started as child processes, and polling with a deadline instead of sleeping.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
@@ -16,25 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 pub use tandem::proto::common::v1::Address as PbAddress;
-
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use tandem::testing::{Proc, bin, eventually, free_port, wait_serving};
 
 pub fn address(street: &str) -> PbAddress {
     PbAddress {
@@ -140,109 +120,6 @@ pub fn fields(status: &tonic::Status) -> Vec<String> {
         .into_iter()
         .map(|v| v.field)
         .collect()
-}
-
-// === real processes ===
-
-/// A binary of this workspace, built next to the test executable.
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace, or cargo test --workspace)",
-        path.display()
-    );
-    path
-}
-
-/// A port nobody listens on right now (the OS may, rarely, hand it out again before the
-/// process under test binds it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process with its output in a log file; killed when dropped.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn start(name: &str, command: &mut Command, log_dir: &Path) -> Proc {
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = command
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .env("RUST_LOG", "info")
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(self.pid(), signal);
-    }
-
-    /// Sends SIGTERM and waits for the exit status (panics after `timeout`).
-    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        self.wait(timeout).await
-    }
-
-    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let name = self.name.clone();
-        eventually(timeout, &format!("{name} to exit"), || {
-            let status = self.child.try_wait().unwrap();
-            async move { status }
-        })
-        .await
-    }
-
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until a gRPC server answers its health check with SERVING.
-pub async fn wait_serving(addr: &str, timeout: Duration) {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let url = format!("http://{addr}");
-    eventually(timeout, &format!("{addr} to serve"), || {
-        let url = url.clone();
-        async move {
-            let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
-            let reply = HealthClient::new(channel)
-                .check(HealthCheckRequest::default())
-                .await
-                .ok()?;
-            (reply.into_inner().status == ServingStatus::Serving as i32).then_some(())
-        }
-    })
-    .await
 }
 
 // === the edge over in-process services ===

@@ -95,13 +95,14 @@ fn request_id_from(request: &Request) -> String {
 async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request_id_from(&request);
-    let method = request.method().clone();
+    let method = crate::metrics::method_label(request.method());
     let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = crate::metrics::route_label(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
@@ -127,7 +128,7 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    state.metrics.http(method.as_str(), &route, status, elapsed);
+    state.metrics.http(method, route, status, elapsed);
     span.in_scope(|| {
         tracing::info!(
             status,

@@ -1,0 +1,274 @@
+//! RabbitMQ as both ends of the contact sync see it: the topology (declared by the
+//! publisher and the consumer alike, so no event is ever sent to a queue that does not
+//! exist yet), connections that notice a dead broker, and the message properties of a
+//! `user.updated` event.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::events::USER_UPDATED;
+
+/// Names and limits of the sync topology. Tests give each run names of its own, so they
+/// can share one broker.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Topology {
+    /// Topic exchange user-svc publishes `user.updated` events to.
+    #[arg(
+        long = "amqp-exchange",
+        env = "AMQP_EXCHANGE",
+        default_value = "user.events"
+    )]
+    pub exchange: String,
+
+    /// Quorum queue the sync worker consumes.
+    #[arg(
+        long = "amqp-queue",
+        env = "AMQP_QUEUE",
+        default_value = "order-sync.user-updated"
+    )]
+    pub queue: String,
+
+    /// Dead-letter exchange and queue (one name) for events that cannot be applied.
+    #[arg(
+        long = "amqp-dead-letter",
+        env = "AMQP_DEAD_LETTER",
+        default_value = "order-sync.dead"
+    )]
+    pub dead_letter: String,
+
+    /// Deliveries of one message before RabbitMQ dead-letters it (quorum queue limit).
+    #[arg(
+        long = "amqp-delivery-limit",
+        env = "AMQP_DELIVERY_LIMIT",
+        default_value_t = 20
+    )]
+    pub delivery_limit: u32,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            exchange: "user.events".into(),
+            queue: "order-sync.user-updated".into(),
+            dead_letter: "order-sync.dead".into(),
+            delivery_limit: 20,
+        }
+    }
+}
+
+impl Topology {
+    /// A topology whose every name starts with `prefix`, for tests on a shared broker.
+    pub fn prefixed(prefix: &str) -> Topology {
+        Topology {
+            exchange: format!("{prefix}.user.events"),
+            queue: format!("{prefix}.order-sync.user-updated"),
+            dead_letter: format!("{prefix}.order-sync.dead"),
+            delivery_limit: 20,
+        }
+    }
+}
+
+/// Declares the exchange, the quorum queue bound to it, and the dead-letter exchange and
+/// queue. Idempotent; both the relay and the worker call it on every (re)connection.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    // Topic: later consumers can bind to user.* without the publisher changing.
+    channel
+        .exchange_declare(
+            topology.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    // Fanout: whatever is dead-lettered, whatever its routing key, lands in one queue.
+    channel
+        .exchange_declare(
+            topology.dead_letter.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    // A classic queue: it has no delivery limit, so listing it (get, then requeue) can
+    // never drop what it holds.
+    channel
+        .queue_declare(
+            topology.dead_letter.as_str().into(),
+            durable_queue,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            topology.dead_letter.as_str().into(),
+            topology.dead_letter.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut arguments = FieldTable::default();
+    // Replicated, and durable by nature (a quorum queue must be declared durable).
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    // A message redelivered this often (a consumer crashing on it, say) is moved to the
+    // dead-letter exchange rather than looping forever (RabbitMQ 4 defaults to 20 and
+    // drops the message when no dead-letter exchange is set).
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology.dead_letter.as_str().into()),
+    );
+    channel
+        .queue_declare(topology.queue.as_str().into(), durable_queue, arguments)
+        .await?;
+    channel
+        .queue_bind(
+            topology.queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            USER_UPDATED.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long to wait for the broker to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// AMQP heartbeat: a silent broker is noticed within about two of these.
+const HEARTBEAT_SECS: u16 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach RabbitMQ at {url}: {source}")]
+    Amqp { url: String, source: lapin::Error },
+    #[error("RabbitMQ at {url} did not answer within {CONNECT_TIMEOUT:?}")]
+    Timeout { url: String },
+}
+
+/// Connects with a heartbeat and a name the RabbitMQ management UI shows.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
+    let url_with_heartbeat = if url.contains("heartbeat=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat={HEARTBEAT_SECS}")
+    } else {
+        format!("{url}?heartbeat={HEARTBEAT_SECS}")
+    };
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    let shown = redact(url);
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(&url_with_heartbeat, properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::Amqp { url: shown, source }),
+        Err(_) => Err(ConnectError::Timeout { url: shown }),
+    }
+}
+
+/// Resolves when `connection` is no longer usable: it reported an error, or its state
+/// left "connected" (checked every second, since a consumer stream alone can stay
+/// silent after the broker died).
+pub async fn lost(connection: &Connection) -> String {
+    let mut events = connection.events_listener();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => return format!("connection error: {e}"),
+                Some(_) => {}
+                None => return "connection events ended".to_owned(),
+            },
+            _ = check.tick() => {
+                if !connection.status().connected() {
+                    return "connection is no longer open".to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// The properties of a `user.updated` message: persistent, JSON, typed, with the event
+/// id as message id and the request id of the change in the headers.
+pub fn event_properties(event_id: &str, request_id: Option<&str>, app_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(id) = request_id {
+        headers.insert(
+            crate::grpc::REQUEST_ID.into(),
+            AMQPValue::LongString(id.into()),
+        );
+    }
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2) // persistent: survives a broker restart
+        .with_message_id(ShortString::from(event_id))
+        .with_type(ShortString::from(USER_UPDATED))
+        .with_app_id(ShortString::from(app_id))
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+        .with_headers(headers)
+}
+
+/// A string header of a message, if present.
+pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_print() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+
+    #[test]
+    fn event_messages_carry_their_ids() {
+        let p = event_properties("e-1", Some("r-1"), "user-svc-v2");
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("e-1"));
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(header(&p, "x-request-id").as_deref(), Some("r-1"));
+    }
+}
