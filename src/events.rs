@@ -68,6 +68,8 @@ pub struct ContactUpdate {
     pub version: i64,
     pub emails: EmailList,
     pub delivery_address: Address,
+    /// When the change was committed.
+    pub occurred_at: DateTime<Utc>,
 }
 
 impl UserUpdated {
@@ -134,6 +136,7 @@ impl UserUpdated {
                     version: event.version,
                     emails,
                     delivery_address,
+                    occurred_at: event.occurred_at,
                 })
             }
             _ => Err(format!("invalid user.updated event: {violations}")),

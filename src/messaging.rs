@@ -187,6 +187,39 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
     }
 }
 
+/// How long to wait between attempts to reach the broker: from 100 ms, doubling, up to
+/// 10 s, with jitter so many clients do not knock in step; forever.
+pub fn reconnect_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Connects (with [`reconnect_backoff`] between attempts) until it succeeds or
+/// `shutdown` is cancelled (then `None`). Each failure is logged and counted.
+pub async fn connect_until_up(
+    url: &str,
+    name: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    on_failure: impl Fn(&ConnectError),
+) -> Option<Connection> {
+    use backon::Retryable;
+    let attempt = || connect(url, name);
+    let connected =
+        attempt
+            .retry(reconnect_backoff())
+            .notify(|e: &ConnectError, wait: Duration| {
+                tracing::warn!(error = %e, retry_in = ?wait, "RabbitMQ unreachable");
+                on_failure(e);
+            });
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = connected => result.ok(),
+    }
+}
+
 /// Resolves when `connection` is no longer usable: it reported an error, or its state
 /// left "connected" (checked every second, since a consumer stream alone can stay
 /// silent after the broker died).

@@ -1,1 +1,136 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sync_worker::{Config, Worker, dlq};
+use tandem::messaging::Topology;
+use tandem::telemetry::{self, LogArgs};
+
+/// tandem's contact sync: applies user.updated events to the user's orders.
+#[derive(Debug, Parser)]
+#[command(name = "sync-worker", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// RabbitMQ.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        global = true
+    )]
+    amqp: String,
+
+    #[command(flatten)]
+    topology: Topology,
+
+    /// order-svc, whose ApplyUserContact applies each event.
+    #[arg(long, env = "ORDER_SVC_URL", default_value = "http://127.0.0.1:50053")]
+    orders: String,
+
+    /// Deliveries in hand at once (AMQP prefetch).
+    #[arg(long, env = "SYNC_PREFETCH", default_value_t = 32)]
+    prefetch: u16,
+
+    /// Address of the /metrics and /healthz HTTP server.
+    #[arg(long, env = "SYNC_WORKER_OPS_LISTEN", default_value = "0.0.0.0:51054")]
+    ops_listen: SocketAddr,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume events (what the worker does without a command).
+    Run,
+    /// The dead-letter queue: events that could not be applied.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Show dead letters and why they are there; they stay in the queue.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to the events exchange (after fixing their cause).
+    Replay {
+        /// Replay at most this many.
+        #[arg(long, default_value_t = usize::MAX)]
+        limit: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(&args.log);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sync-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        None | Some(Command::Run) => {
+            let mut config = Config::new(args.amqp, args.orders, args.topology);
+            config.prefetch = args.prefetch.max(1);
+            let worker = Worker::new(config)?;
+            let ops = tandem::ops::bind(args.ops_listen).await?;
+            worker.run(Some(ops), tandem::shutdown::on_signal()).await?;
+        }
+        Some(Command::Dlq {
+            action: DlqAction::List { limit, json },
+        }) => {
+            let letters = dlq::list(&args.amqp, &args.topology, limit).await?;
+            for (i, letter) in letters.iter().enumerate() {
+                if json {
+                    println!("{}", serde_json::to_string(letter)?);
+                } else {
+                    println!(
+                        "{}. message {} at {}\n   reason: {}\n   request: {}\n   body: {}",
+                        i + 1,
+                        letter.message_id.as_deref().unwrap_or("-"),
+                        letter.dead_lettered_at.as_deref().unwrap_or("-"),
+                        letter.reason,
+                        letter.request_id.as_deref().unwrap_or("-"),
+                        letter.body
+                    );
+                }
+            }
+            if !json {
+                println!(
+                    "{} dead letter(s) in {}",
+                    letters.len(),
+                    args.topology.dead_letter
+                );
+            }
+        }
+        Some(Command::Dlq {
+            action: DlqAction::Replay { limit },
+        }) => {
+            let replayed = dlq::replay(&args.amqp, &args.topology, limit).await?;
+            println!(
+                "replayed {replayed} dead letter(s) to {}",
+                args.topology.exchange
+            );
+        }
+    }
+    Ok(())
+}

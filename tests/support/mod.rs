@@ -66,6 +66,7 @@ pub async fn start_user_svc(flavor: user_svc::Flavor, db: &Path) -> Running {
     let config = user_svc::Config {
         flavor,
         store: StoreUrl::Sqlite(db.to_path_buf()),
+        relay: None,
     };
     let svc = user_svc::UserSvc::open(config).await.unwrap();
     let listener = local_listener().await;

@@ -7,10 +7,12 @@
 
 pub mod flavor;
 pub mod model;
+pub mod relay;
 mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
 use tandem::grpc::RpcMetrics;
@@ -22,6 +24,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use flavor::Flavor;
+pub use relay::RelayConfig;
+use relay::{Relay, RelayMetrics};
 use service::UserApi;
 use store::UserStore;
 
@@ -30,6 +34,8 @@ use store::UserStore;
 pub struct Config {
     pub flavor: Flavor,
     pub store: StoreUrl,
+    /// The outbox relay; `None` leaves events in the outbox (tests of the API alone).
+    pub relay: Option<RelayConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,16 +83,31 @@ impl UserSvc {
     ) -> Result<(), Error> {
         let mut registry = Registry::with_prefix("tandem_user");
         let metrics = RpcMetrics::register(&mut registry);
+        let relay_metrics = RelayMetrics::register(&mut registry);
         let outbox_written = Arc::new(Notify::new());
+        let broker_up = Arc::new(AtomicBool::new(false));
         let api = UserApi::new(
             self.config.flavor,
             self.store.clone(),
             metrics,
-            outbox_written,
+            outbox_written.clone(),
         );
 
+        let relay_task = self.config.relay.clone().map(|config| {
+            let app_id = format!("user-svc-{}", self.config.flavor);
+            let relay = Relay::new(
+                self.store.clone(),
+                config,
+                &app_id,
+                outbox_written,
+                relay_metrics,
+                broker_up.clone(),
+            );
+            tokio::spawn(relay.run(shutdown.clone()))
+        });
         let ops_task = ops.map(|listener| {
-            let health = health_check(self.store.clone());
+            let broker = self.config.relay.is_some().then_some(broker_up);
+            let health = health_check(self.store.clone(), broker);
             tokio::spawn(ops::serve(
                 listener,
                 Arc::new(registry),
@@ -104,6 +125,9 @@ impl UserSvc {
         let routes = tonic::service::Routes::new(UserServiceServer::new(api));
         let served = tandem::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
         shutdown.cancel();
+        if let Some(task) = relay_task {
+            let _ = task.await;
+        }
         if let Some(task) = ops_task {
             task.await.map_err(std::io::Error::other)??;
         }
@@ -112,14 +136,29 @@ impl UserSvc {
     }
 }
 
-fn health_check(store: Arc<dyn UserStore>) -> HealthCheck {
+/// The store is required. The broker is not: while it is away the API keeps working
+/// and events wait in the outbox, so it shows, but does not fail readiness.
+fn health_check(store: Arc<dyn UserStore>, broker_up: Option<Arc<AtomicBool>>) -> HealthCheck {
     Arc::new(move || {
         let store = store.clone();
+        let broker_up = broker_up.clone();
         Box::pin(async move {
-            vec![match store.ping().await {
+            let mut components = vec![match store.ping().await {
                 Ok(()) => Component::up("store", true),
                 Err(e) => Component::down("store", true, e.to_string()),
-            }]
+            }];
+            if let Some(up) = broker_up {
+                components.push(if up.load(Ordering::Relaxed) {
+                    Component::up("broker", false)
+                } else {
+                    Component::down(
+                        "broker",
+                        false,
+                        "the outbox relay is not connected; events wait in the outbox",
+                    )
+                });
+            }
+            components
         })
     })
 }

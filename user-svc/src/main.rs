@@ -2,9 +2,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tandem::messaging::Topology;
 use tandem::storage::StoreUrl;
 use tandem::telemetry::{self, LogArgs};
-use user_svc::{Config, Flavor, UserSvc};
+use user_svc::{Config, Flavor, RelayConfig, UserSvc};
 
 /// tandem's user service (gRPC). Run it twice, `--flavor v1` and `--flavor v2 --listen
 /// 0.0.0.0:50052`, over the same store.
@@ -31,6 +32,18 @@ struct Args {
     )]
     store: StoreUrl,
 
+    /// RabbitMQ, where the outbox relay publishes user.updated events.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp: String,
+
+    #[command(flatten)]
+    topology: Topology,
+
     #[command(flatten)]
     log: LogArgs,
 }
@@ -53,6 +66,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         flavor: args.flavor,
         store: args.store,
+        relay: Some(RelayConfig::new(args.amqp, args.topology)),
     };
     let service = UserSvc::open(config).await?;
     let ops_addr = args

@@ -265,6 +265,16 @@ impl UserStore for SqliteUserStore {
         let owner = owner.to_owned();
         sqlite::run(&self.pool, move |conn| {
             let now = tandem::domain::now();
+            // Relays poll often; a plain read first keeps an empty outbox from taking the
+            // write lock the API needs.
+            let due: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE lease_until <= ?1)",
+                [millis(now)],
+                |row| row.get(0),
+            )?;
+            if !due {
+                return Ok(Vec::new());
+            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let events = {
                 let mut claim = tx.prepare_cached(

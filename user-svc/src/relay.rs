@@ -1,0 +1,386 @@
+//! The outbox relay: publishes the `user.updated` events the store recorded, oldest first,
+//! with publisher confirms, and removes each from the outbox only once the broker has
+//! confirmed it. The API never waits on RabbitMQ: when the broker is away, events wait in
+//! the outbox and flow when it is back.
+//!
+//! Each process (v1 and v2) runs a relay; events are leased to one relay at a time, so in
+//! the normal case none is published twice. A relay that dies holding a lease lets it run
+//! out, and another publishes those events (a duplicate is possible then; consumers are
+//! idempotent by contact version).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Confirmation, Connection};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tandem::events::USER_UPDATED;
+use tandem::messaging::{self, Topology};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{OutboxEvent, UserStore};
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// How long a claimed event stays reserved for this relay.
+    pub lease: Duration,
+    /// Most events claimed and published at once.
+    pub batch: usize,
+    /// How often the outbox is checked when nothing wakes the relay (changes made by the
+    /// other flavor's process, leases that ran out).
+    pub idle_poll: Duration,
+    /// How long a publisher confirm may take before the channel is presumed dead.
+    pub confirm_timeout: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(amqp_url: String, topology: Topology) -> Self {
+        RelayConfig {
+            amqp_url,
+            topology,
+            lease: Duration::from_secs(30),
+            batch: 200,
+            idle_poll: Duration::from_millis(200),
+            confirm_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The relay's counters and gauges.
+#[derive(Clone, Default)]
+pub struct RelayMetrics {
+    published: Counter,
+    failed: Counter,
+    reconnects: Counter,
+    connected: Gauge,
+    pending: Gauge,
+    oldest_age: Gauge,
+}
+
+impl RelayMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = RelayMetrics::default();
+        registry.register(
+            "outbox_published",
+            "user.updated events published and confirmed by the broker",
+            m.published.clone(),
+        );
+        registry.register("outbox_publish_failures", "Publish attempts that failed (refused, unroutable, unconfirmed); the event stays in the outbox", m.failed.clone());
+        registry.register(
+            "relay_connect_failures",
+            "Failed attempts to reach RabbitMQ",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "relay_connected",
+            "1 while the relay holds a confirmed channel to RabbitMQ",
+            m.connected.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Events in the outbox, not yet confirmed by the broker",
+            m.pending.clone(),
+        );
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest event in the outbox",
+            m.oldest_age.clone(),
+        );
+        m
+    }
+}
+
+pub struct Relay {
+    store: Arc<dyn UserStore>,
+    config: RelayConfig,
+    /// Who holds leases: unique per process run.
+    owner: String,
+    app_id: String,
+    written: Arc<Notify>,
+    metrics: RelayMetrics,
+    connected: Arc<AtomicBool>,
+}
+
+/// Why a publishing session ended.
+enum SessionEnd {
+    Shutdown,
+    /// The broker went away or misbehaved; `published` says whether the session got
+    /// anything through (a healthy session resets the backoff).
+    Lost {
+        reason: String,
+        published: bool,
+    },
+}
+
+impl Relay {
+    pub fn new(
+        store: Arc<dyn UserStore>,
+        config: RelayConfig,
+        app_id: &str,
+        written: Arc<Notify>,
+        metrics: RelayMetrics,
+        connected: Arc<AtomicBool>,
+    ) -> Self {
+        let owner = format!(
+            "{app_id}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Relay {
+            store,
+            config,
+            owner,
+            app_id: app_id.to_owned(),
+            written,
+            metrics,
+            connected,
+        }
+    }
+
+    /// Publishes until `shutdown`, reconnecting (with capped backoff) whenever the broker
+    /// goes away. lapin does not recover connections reliably by itself, so every
+    /// session starts from a fresh connection and channel.
+    pub async fn run(self, shutdown: CancellationToken) {
+        use backon::BackoffBuilder;
+        let url = self.config.amqp_url.clone();
+        let name = format!("tandem {} outbox relay", self.app_id);
+        // Pauses between sessions that fail soon after connecting (a broker that accepts
+        // and then refuses): growing, so such a broker is not hammered.
+        let mut pauses = messaging::reconnect_backoff().build();
+        loop {
+            let metrics = self.metrics.clone();
+            let Some(connection) = messaging::connect_until_up(&url, &name, &shutdown, |_| {
+                metrics.reconnects.inc();
+            })
+            .await
+            else {
+                return;
+            };
+            let end = match self.open_channel(&connection).await {
+                Ok(channel) => {
+                    tracing::info!(broker = %messaging::redact(&url), "outbox relay connected");
+                    self.set_connected(true);
+                    let end = self.session(&connection, &channel, &shutdown).await;
+                    self.set_connected(false);
+                    end
+                }
+                Err(e) => SessionEnd::Lost {
+                    reason: format!("cannot set up the channel: {e}"),
+                    published: false,
+                },
+            };
+            // Closing politely lets the broker drop the channel at once; if the connection
+            // is already gone this fails, which changes nothing.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), connection.close(200, "bye".into()))
+                    .await;
+            match end {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Lost { reason, published } => {
+                    if published {
+                        pauses = messaging::reconnect_backoff().build();
+                    }
+                    let pause = pauses.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%reason, retry_in = ?pause, "outbox relay lost RabbitMQ; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.metrics.connected.set(i64::from(up));
+    }
+
+    async fn open_channel(&self, connection: &Connection) -> Result<Channel, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        // Declared from this side too: an event published before any consumer ever ran
+        // still lands in the durable queue.
+        messaging::declare(&channel, &self.config.topology).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
+    }
+
+    async fn session(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let lost = messaging::lost(connection);
+        tokio::pin!(lost);
+        let mut last_stats = Instant::now() - Duration::from_secs(60);
+        let mut published = false;
+        loop {
+            match self.publish_due(channel).await {
+                Ok(n) if n > 0 => {
+                    published = true;
+                    continue; // more may be due
+                }
+                Ok(_) => {}
+                Err(Failure::Channel(reason)) => return SessionEnd::Lost { reason, published },
+                Err(Failure::Store(reason)) => {
+                    tracing::warn!(%reason, "outbox relay cannot read the outbox");
+                }
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                self.refresh_stats().await;
+                last_stats = Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                reason = &mut lost => return SessionEnd::Lost { reason, published },
+                _ = self.written.notified() => {}
+                _ = tokio::time::sleep(self.config.idle_poll) => {}
+            }
+        }
+    }
+
+    async fn refresh_stats(&self) {
+        if let Ok(stats) = self.store.outbox_stats().await {
+            self.metrics.pending.set(stats.pending as i64);
+            let age = stats
+                .oldest
+                .map(|t| (chrono::Utc::now() - t).num_seconds().max(0))
+                .unwrap_or(0);
+            self.metrics.oldest_age.set(age);
+        }
+    }
+
+    /// Claims due events and publishes them; returns how many it claimed.
+    async fn publish_due(&self, channel: &Channel) -> Result<usize, Failure> {
+        let events = self
+            .store
+            .claim_outbox(&self.owner, self.config.lease, self.config.batch)
+            .await
+            .map_err(|e| Failure::Store(e.to_string()))?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let (confirmed, failed, broken) = self.publish(channel, &events).await;
+        let confirmed_ids: Vec<String> = confirmed.iter().map(|e| e.event_id.clone()).collect();
+        let failed_ids: Vec<String> = failed.iter().map(|e| e.event_id.clone()).collect();
+        self.metrics.published.inc_by(confirmed_ids.len() as u64);
+        self.metrics.failed.inc_by(failed_ids.len() as u64);
+        if !confirmed_ids.is_empty() {
+            // If this fails the events stay leased and are published again after the
+            // lease: a duplicate, never a loss.
+            self.store
+                .complete_outbox(&confirmed_ids)
+                .await
+                .map_err(|e| Failure::Store(e.to_string()))?;
+            for e in &confirmed {
+                tracing::debug!(event_id = %e.event_id, user_id = %e.user_id, version = e.version, request_id = e.request_id.as_deref().unwrap_or("-"), "event published");
+            }
+        }
+        if !failed_ids.is_empty() {
+            let _ = self.store.release_outbox(&self.owner, &failed_ids).await;
+        }
+        match broken {
+            Some(reason) => Err(Failure::Channel(reason)),
+            None if !failed_ids.is_empty() => Err(Failure::Channel(format!(
+                "{} events were not confirmed",
+                failed_ids.len()
+            ))),
+            None => Ok(events.len()),
+        }
+    }
+
+    /// Publishes `events` in order, then waits for each confirm in order. Returns the
+    /// confirmed events, the others, and why the channel broke, if it did.
+    async fn publish<'a>(
+        &self,
+        channel: &Channel,
+        events: &'a [OutboxEvent],
+    ) -> (Vec<&'a OutboxEvent>, Vec<&'a OutboxEvent>, Option<String>) {
+        let mut pending = Vec::with_capacity(events.len());
+        let mut failed = Vec::new();
+        let mut broken = None;
+        for event in events {
+            if broken.is_some() {
+                failed.push(event);
+                continue;
+            }
+            let properties = messaging::event_properties(
+                &event.event_id,
+                event.request_id.as_deref(),
+                &self.app_id,
+            );
+            // mandatory: an event no queue would take comes back rather than vanishing.
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            match channel
+                .basic_publish(
+                    self.config.topology.exchange.as_str().into(),
+                    USER_UPDATED.into(),
+                    options,
+                    event.payload.as_bytes(),
+                    properties,
+                )
+                .await
+            {
+                Ok(confirm) => pending.push((event, confirm)),
+                Err(e) => {
+                    broken = Some(format!("publish failed: {e}"));
+                    failed.push(event);
+                }
+            }
+        }
+        let mut confirmed = Vec::with_capacity(pending.len());
+        for (event, confirm) in pending {
+            if broken.is_some() {
+                failed.push(event);
+                continue;
+            }
+            // A confirm can hang forever when the channel dies under it; bound the wait.
+            match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) => confirmed.push(event),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                    tracing::error!(event_id = %event.event_id, exchange = %self.config.topology.exchange, "event was unroutable (no queue bound); it stays in the outbox");
+                    failed.push(event);
+                }
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    tracing::warn!(event_id = %event.event_id, "broker refused the event; it stays in the outbox");
+                    failed.push(event);
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    broken = Some("the channel is not in confirm mode".into());
+                    failed.push(event);
+                }
+                Ok(Err(e)) => {
+                    broken = Some(format!("confirm failed: {e}"));
+                    failed.push(event);
+                }
+                Err(_) => {
+                    broken = Some(format!(
+                        "no confirm within {:?}",
+                        self.config.confirm_timeout
+                    ));
+                    failed.push(event);
+                }
+            }
+        }
+        (confirmed, failed, broken)
+    }
+}
+
+enum Failure {
+    /// The channel or connection is unusable: start a new session.
+    Channel(String),
+    /// The outbox could not be read or written.
+    Store(String),
+}
