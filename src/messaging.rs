@@ -20,7 +20,8 @@ pub struct Topology {
     #[arg(
         long = "amqp-exchange",
         env = "AMQP_EXCHANGE",
-        default_value = "user.events"
+        default_value = "user.events",
+        global = true
     )]
     pub exchange: String,
 
@@ -28,7 +29,8 @@ pub struct Topology {
     #[arg(
         long = "amqp-queue",
         env = "AMQP_QUEUE",
-        default_value = "order-sync.user-updated"
+        default_value = "order-sync.user-updated",
+        global = true
     )]
     pub queue: String,
 
@@ -36,7 +38,8 @@ pub struct Topology {
     #[arg(
         long = "amqp-dead-letter",
         env = "AMQP_DEAD_LETTER",
-        default_value = "order-sync.dead"
+        default_value = "order-sync.dead",
+        global = true
     )]
     pub dead_letter: String,
 
@@ -44,7 +47,8 @@ pub struct Topology {
     #[arg(
         long = "amqp-delivery-limit",
         env = "AMQP_DELIVERY_LIMIT",
-        default_value_t = 20
+        default_value_t = 20,
+        global = true
     )]
     pub delivery_limit: u32,
 }

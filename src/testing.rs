@@ -199,6 +199,63 @@ pub async fn wait_serving(addr: &str, timeout: Duration) {
     .await
 }
 
+/// A TCP proxy that can cut the line: tests put it between a process and RabbitMQ (or
+/// any server) to make that server vanish and come back without touching the real one,
+/// which other tests share.
+pub struct ChaosProxy {
+    pub addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    /// Listens on a free local port and forwards to `target` while up.
+    pub async fn start(target: std::net::SocketAddr) -> ChaosProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port");
+        let addr = listener.local_addr().expect("a bound address");
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !*watch.borrow() {
+                    continue; // down: the connection is dropped at once
+                }
+                let mut down = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {} // cut: both sockets close
+                    }
+                });
+            }
+        });
+        ChaosProxy { addr, up, task }
+    }
+
+    /// Cuts every connection and refuses new ones until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.up.send(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod sync;
+
 pub use tandem::proto::common::v1::Address as PbAddress;
 pub use tandem::testing::{Proc, bin, eventually, free_port, wait_serving};
 

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, Connection};
@@ -147,6 +147,22 @@ impl Relay {
     /// goes away. lapin does not recover connections reliably by itself, so every
     /// session starts from a fresh connection and channel.
     pub async fn run(self, shutdown: CancellationToken) {
+        // The outbox figures matter most while the broker is away, so they are kept up
+        // to date apart from the publishing sessions.
+        tokio::join!(self.relay(&shutdown), self.watch_outbox(&shutdown));
+    }
+
+    async fn watch_outbox(&self, shutdown: &CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.refresh_stats().await,
+            }
+        }
+    }
+
+    async fn relay(&self, shutdown: &CancellationToken) {
         use backon::BackoffBuilder;
         let url = self.config.amqp_url.clone();
         let name = format!("tandem {} outbox relay", self.app_id);
@@ -155,7 +171,7 @@ impl Relay {
         let mut pauses = messaging::reconnect_backoff().build();
         loop {
             let metrics = self.metrics.clone();
-            let Some(connection) = messaging::connect_until_up(&url, &name, &shutdown, |_| {
+            let Some(connection) = messaging::connect_until_up(&url, &name, shutdown, |_| {
                 metrics.reconnects.inc();
             })
             .await
@@ -166,7 +182,7 @@ impl Relay {
                 Ok(channel) => {
                     tracing::info!(broker = %messaging::redact(&url), "outbox relay connected");
                     self.set_connected(true);
-                    let end = self.session(&connection, &channel, &shutdown).await;
+                    let end = self.session(&connection, &channel, shutdown).await;
                     self.set_connected(false);
                     end
                 }
@@ -221,7 +237,6 @@ impl Relay {
     ) -> SessionEnd {
         let lost = messaging::lost(connection);
         tokio::pin!(lost);
-        let mut last_stats = Instant::now() - Duration::from_secs(60);
         let mut published = false;
         loop {
             match self.publish_due(channel).await {
@@ -234,10 +249,6 @@ impl Relay {
                 Err(Failure::Store(reason)) => {
                     tracing::warn!(%reason, "outbox relay cannot read the outbox");
                 }
-            }
-            if last_stats.elapsed() >= Duration::from_secs(1) {
-                self.refresh_stats().await;
-                last_stats = Instant::now();
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,

@@ -1,0 +1,422 @@
+//! The contact sync under failure, with real processes and the real RabbitMQ: every user
+//! change reaches that user's orders, and nothing is lost when the worker is killed, the
+//! broker vanishes, order-svc is down, a poison message arrives, events come twice or out
+//! of order, or user-svc dies between committing a change and publishing it.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use nix::sys::signal::Signal;
+use support::sync::*;
+use support::*;
+use tandem::domain::{EmailCheck, EmailList, UserId};
+use tandem::events::UserUpdated;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection =
+        tandem::messaging::connect(&amqp_url(RABBITMQ.parse().unwrap()), "tandem test")
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
+/// Publishes a raw body to the stack's events exchange, as a misbehaving or old producer
+/// would.
+async fn publish_raw(stack: &SyncStack, body: &[u8], message_id: &str) {
+    let (_connection, channel) = broker_channel().await;
+    tandem::messaging::declare(&channel, &stack.topology)
+        .await
+        .unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            stack.topology.exchange.as_str().into(),
+            "user.updated".into(),
+            BasicPublishOptions::default(),
+            body,
+            tandem::messaging::event_properties(message_id, Some("rid-raw"), "test"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+fn event(user_id: &str, version: i64, email: &str, street: &str) -> UserUpdated {
+    UserUpdated::new(
+        uuid::Uuid::now_v7(),
+        UserId::parse(user_id).unwrap(),
+        version,
+        &EmailList::parse(&[email.to_owned()], EmailCheck::Lenient).unwrap(),
+        &tandem::domain::Address::parse(Some(&PbAddress {
+            street: street.into(),
+            ..address("")
+        }))
+        .unwrap(),
+        chrono::Utc::now(),
+    )
+}
+
+async fn metric_at_least(ops: &str, name: &str, at_least: f64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} ≥ {at_least}"),
+        || async { (metric(ops, name).await.unwrap_or(0.0) >= at_least).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_loses_nothing() {
+    let mut stack = SyncStack::start().await;
+    let mut expected = stack.seed(10, 3).await;
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    let mut users = stack.users().await;
+    for step in 0..150 {
+        if step == 50 {
+            // Mid-stream, some deliveries in hand and unacknowledged.
+            stack.worker.as_ref().unwrap().signal(Signal::SIGKILL);
+            stack
+                .worker
+                .as_mut()
+                .unwrap()
+                .wait(Duration::from_secs(10))
+                .await;
+        }
+        if step == 100 {
+            stack.start_worker().await;
+        }
+        let id = &ids[step % ids.len()];
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    stack.wait_converged(&expected, CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_is_away_the_api_answers_and_events_wait() {
+    let stack = SyncStack::start().await;
+    let mut expected = stack.seed(5, 2).await;
+    let before = expected.clone();
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    stack.proxy.cut();
+    eventually(
+        Duration::from_secs(30),
+        "the relay to notice the broker is gone",
+        || async {
+            (metric(&stack.user_ops, "tandem_user_relay_connected").await == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let mut users = stack.users().await;
+    for step in 0..30 {
+        let id = &ids[step % ids.len()];
+        // Every change succeeds although no event can be published.
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    metric_at_least(&stack.user_ops, "tandem_user_outbox_pending", 30.0).await;
+    let health = reqwest::get(format!("http://{}/healthz", stack.user_ops))
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status(),
+        200,
+        "the API stays ready without its broker"
+    );
+    assert!(
+        health
+            .text()
+            .await
+            .unwrap()
+            .contains(r#""name":"broker","ok":false"#)
+    );
+    assert_eq!(
+        stack.converged(&before).await,
+        Ok(()),
+        "nothing reached the orders yet"
+    );
+
+    stack.proxy.restore();
+    stack.wait_converged(&expected, CONVERGE).await;
+    eventually(Duration::from_secs(10), "an empty outbox", || async {
+        (metric(&stack.user_ops, "tandem_user_outbox_pending").await == Some(0.0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_order_svc_is_down_the_worker_waits_without_spinning() {
+    let mut stack = SyncStack::start().await;
+    let mut expected = stack.seed(5, 2).await;
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    stack
+        .order_svc
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(10))
+        .await;
+
+    let mut users = stack.users().await;
+    for step in 0..20 {
+        let id = &ids[step % ids.len()];
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    metric_at_least(&stack.worker_ops, "tandem_sync_apply_retries", 1.0).await;
+    let first = metric(&stack.worker_ops, "tandem_sync_apply_retries")
+        .await
+        .unwrap();
+    // Watch the retries for a while: they back off (100 ms, doubling, up to 5 s) for
+    // each of the ≤ 20 events in hand, so a few seconds hold at most a few per event.
+    let window = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "3 s to pass", || async {
+        (window.elapsed() >= Duration::from_secs(3)).then_some(())
+    })
+    .await;
+    let retries = metric(&stack.worker_ops, "tandem_sync_apply_retries")
+        .await
+        .unwrap()
+        - first;
+    assert!(
+        retries <= 20.0 * 6.0,
+        "{retries} retries in 3 s: the worker is spinning"
+    );
+    assert_eq!(
+        metric(&stack.worker_ops, "tandem_sync_events_dead_lettered").await,
+        Some(0.0)
+    );
+
+    stack.start_order_svc().await;
+    stack.wait_converged(&expected, CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_the_rest_flow() {
+    let stack = SyncStack::start().await;
+    let mut expected = stack.seed(3, 2).await;
+    let ids: Vec<String> = expected.keys().cloned().collect();
+
+    publish_raw(&stack, b"{this is not json", "poison-1").await;
+    let mut bad = serde_json::to_value(event(&ids[0], 5, "x@x.io", "5 St")).unwrap();
+    bad["version"] = serde_json::json!("0");
+    publish_raw(&stack, bad.to_string().as_bytes(), "poison-2").await;
+
+    let mut users = stack.users().await;
+    for (step, id) in ids.iter().enumerate() {
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    stack.wait_converged(&expected, CONVERGE).await;
+    metric_at_least(&stack.worker_ops, "tandem_sync_events_dead_lettered", 2.0).await;
+
+    // The DLQ tool lists both, with their reasons, and leaves them there.
+    for _ in 0..2 {
+        let out = stack.worker_command(&["dlq", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let letters: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let by_id: HashMap<String, String> = letters
+            .iter()
+            .map(|l| {
+                (
+                    l["messageId"].as_str().unwrap().to_owned(),
+                    l["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(by_id.len(), 2, "{letters:?}");
+        assert!(
+            by_id["poison-1"].contains("not a user.updated event"),
+            "{by_id:?}"
+        );
+        assert!(by_id["poison-2"].contains("version"), "{by_id:?}");
+        assert!(letters.iter().all(|l| l["requestId"] == "rid-raw"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_replayed_once_fixed() {
+    let stack = SyncStack::start().await;
+    let expected_before = stack.seed(1, 2).await;
+    let user_id = expected_before.keys().next().unwrap().clone();
+    // A good event that was dead-lettered earlier (say, while order-svc refused it).
+    let (_connection, channel) = broker_channel().await;
+    tandem::messaging::declare(&channel, &stack.topology)
+        .await
+        .unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let good = event(&user_id, 7, "replayed@x.io", "7 Replay Rd");
+    channel
+        .basic_publish(
+            stack.topology.dead_letter.as_str().into(),
+            "user.updated".into(),
+            BasicPublishOptions::default(),
+            good.to_json().as_bytes(),
+            tandem::messaging::event_properties(&good.event_id, None, "test"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let out = stack.worker_command(&["dlq", "replay"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("replayed 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let expected = HashMap::from([(
+        user_id,
+        Contact {
+            emails: vec!["replayed@x.io".into()],
+            street: "7 Replay Rd".into(),
+        },
+    )]);
+    stack.wait_converged(&expected, CONVERGE).await;
+    let listed = stack.worker_command(&["dlq", "list", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).trim().is_empty(),
+        "the DLQ is empty after the replay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_reordering_cannot_undo_a_newer_change() {
+    let stack = SyncStack::start().await;
+    let seeded = stack.seed(1, 3).await;
+    let user_id = seeded.keys().next().unwrap().clone();
+    let newest = event(&user_id, 3, "v3@x.io", "3 New St");
+    let older = event(&user_id, 2, "v2@x.io", "2 Old St");
+    publish_raw(&stack, newest.to_json().as_bytes(), &newest.event_id).await;
+    publish_raw(&stack, newest.to_json().as_bytes(), &newest.event_id).await; // again
+    publish_raw(&stack, older.to_json().as_bytes(), &older.event_id).await; // late
+    metric_at_least(&stack.worker_ops, "tandem_sync_events_applied", 3.0).await;
+    let expected = HashMap::from([(
+        user_id,
+        Contact {
+            emails: vec!["v3@x.io".into()],
+            street: "3 New St".into(),
+        },
+    )]);
+    assert_eq!(stack.converged(&expected).await, Ok(()));
+    // Three deliveries, one change: the duplicate and the late event modified nothing.
+    assert_eq!(
+        metric(&stack.worker_ops, "tandem_sync_orders_modified").await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
+    let mut stack = SyncStack::start().await;
+    // An audit queue of our own on the exchange: which events were published at all.
+    let (_connection, channel) = broker_channel().await;
+    tandem::messaging::declare(&channel, &stack.topology)
+        .await
+        .unwrap();
+    let audit = format!("{}.audit", stack.topology.queue);
+    channel
+        .queue_declare(
+            audit.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            audit.as_str().into(),
+            stack.topology.exchange.as_str().into(),
+            "user.updated".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let mut expected = stack.seed(8, 2).await;
+    let all: Vec<String> = expected.keys().cloned().collect();
+    // Changes commit while nothing can be published…
+    stack.proxy.cut();
+    let mut users = stack.users().await;
+    let changed: HashSet<String> = all[..5].iter().cloned().collect();
+    for (step, id) in changed.iter().enumerate() {
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    metric_at_least(&stack.user_ops, "tandem_user_outbox_pending", 5.0).await;
+    // …and user-svc dies before it could publish them.
+    stack.user_svc.as_ref().unwrap().signal(Signal::SIGKILL);
+    stack
+        .user_svc
+        .as_mut()
+        .unwrap()
+        .wait(Duration::from_secs(10))
+        .await;
+    stack.proxy.restore();
+    stack.start_user_svc().await;
+    stack.wait_converged(&expected, CONVERGE).await;
+
+    let mut consumer = channel
+        .basic_consume(
+            audit.as_str().into(),
+            "audit".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut published = HashSet::new();
+    while published.len() < changed.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("the published events reach the audit queue")
+            .unwrap()
+            .unwrap();
+        let update = UserUpdated::parse(&delivery.data).unwrap();
+        published.insert(update.user_id.to_string());
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        published, changed,
+        "exactly the changed users had their events published"
+    );
+}
