@@ -19,6 +19,7 @@ use support::sync::*;
 use support::*;
 use tandem::domain::{EmailCheck, EmailList, UserId};
 use tandem::events::UserUpdated;
+use tandem::proto::user::v1::user_service_client::UserServiceClient;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -337,24 +338,20 @@ async fn duplicates_and_reordering_cannot_undo_a_newer_change() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
-    let mut stack = SyncStack::start().await;
-    // An audit queue of our own on the exchange: which events were published at all.
-    let (_connection, channel) = broker_channel().await;
+/// An exclusive queue of the test's own on the stack's exchange: it sees every event
+/// published at all.
+async fn audit_queue(stack: &SyncStack) -> (lapin::Connection, lapin::Channel, String) {
+    let (connection, channel) = broker_channel().await;
     tandem::messaging::declare(&channel, &stack.topology)
         .await
         .unwrap();
     let audit = format!("{}.audit", stack.topology.queue);
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
     channel
-        .queue_declare(
-            audit.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(audit.as_str().into(), exclusive, FieldTable::default())
         .await
         .unwrap();
     channel
@@ -367,7 +364,68 @@ async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
         )
         .await
         .unwrap();
+    (connection, channel, audit)
+}
 
+/// Takes `n` events from the audit queue (failing if they do not come), then checks that
+/// no more follow for a moment.
+async fn audited(channel: &lapin::Channel, audit: &str, n: usize) -> Vec<UserUpdated> {
+    let tag = format!("audit-{}", uuid::Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(
+            audit.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events were published", events.len()))
+            .unwrap()
+            .unwrap();
+        events.push(serde_json::from_slice(&delivery.data).unwrap());
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let extra = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await;
+    assert!(
+        extra.is_err(),
+        "more events than changes were published: {extra:?}"
+    );
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_the_outbox_without_publishing_twice() {
+    let mut stack = SyncStack::start().await;
+    let (_connection, channel, audit) = audit_queue(&stack).await;
+    let v2_addr = stack.start_user_svc_v2().await;
+    let mut expected = stack.seed(6, 2).await;
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    let v2 = UserServiceClient::new(support::channel(&format!("http://{v2_addr}")).await);
+    let mut clients = [stack.users().await, v2];
+    for step in 0..60 {
+        let id = &ids[step % ids.len()];
+        let contact = stack.update(&mut clients[step % 2], id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    stack.wait_converged(&expected, CONVERGE).await;
+    let events = audited(&channel, &audit, 60).await;
+    let unique: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(unique.len(), 60, "each change was published once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
+    let mut stack = SyncStack::start().await;
+    let (_connection, channel, audit) = audit_queue(&stack).await;
     let mut expected = stack.seed(8, 2).await;
     let all: Vec<String> = expected.keys().cloned().collect();
     // Changes commit while nothing can be published…
@@ -391,30 +449,11 @@ async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
     stack.start_user_svc().await;
     stack.wait_converged(&expected, CONVERGE).await;
 
-    let mut consumer = channel
-        .basic_consume(
-            audit.as_str().into(),
-            "audit".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let published: HashSet<String> = audited(&channel, &audit, changed.len())
         .await
-        .unwrap();
-    let mut published = HashSet::new();
-    while published.len() < changed.len() {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("the published events reach the audit queue")
-            .unwrap()
-            .unwrap();
-        let update = UserUpdated::parse(&delivery.data).unwrap();
-        published.insert(update.user_id.to_string());
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .unwrap();
-    }
+        .into_iter()
+        .map(|e| e.user_id)
+        .collect();
     assert_eq!(
         published, changed,
         "exactly the changed users had their events published"

@@ -41,6 +41,8 @@ pub struct SyncStack {
     pub worker_ops: String,
     pub user_ops: String,
     pub user_svc: Option<Proc>,
+    /// A v2 flavor over the same store, when a test starts one.
+    pub user_svc_v2: Option<Proc>,
     pub order_svc: Option<Proc>,
     pub worker: Option<Proc>,
     restarts: usize,
@@ -72,6 +74,7 @@ impl SyncStack {
             worker_ops: addr(free_port()),
             user_ops: addr(free_port()),
             user_svc: None,
+            user_svc_v2: None,
             order_svc: None,
             worker: None,
             restarts: 0,
@@ -101,6 +104,23 @@ impl SyncStack {
         let name = self.next_name("user-svc");
         self.user_svc = Some(Proc::start(&name, &mut command, self.log_dir()));
         wait_serving(&self.user_addr, Duration::from_secs(20)).await;
+    }
+
+    /// Starts user-svc v2 over the same store (its own relay included); returns its
+    /// gRPC address.
+    pub async fn start_user_svc_v2(&mut self) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(bin("user-svc"));
+        command
+            .current_dir(self.dir.path())
+            .args(["--flavor", "v2", "--listen", &addr])
+            .args(["--ops-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--amqp", &amqp_url(self.proxy.addr)])
+            .args(topology_args(&self.topology));
+        let name = self.next_name("user-svc-v2");
+        self.user_svc_v2 = Some(Proc::start(&name, &mut command, self.log_dir()));
+        wait_serving(&addr, Duration::from_secs(20)).await;
+        addr
     }
 
     pub async fn start_order_svc(&mut self) {
