@@ -4,6 +4,8 @@
 
 mod load;
 mod r1;
+mod r2;
+mod r3;
 mod report;
 mod stack;
 
@@ -15,9 +17,18 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "tandem-bench", about)]
 struct Args {
-    /// Experiments to run: r1 (the edge's cost).
-    #[arg(long, value_delimiter = ',', default_value = "r1")]
+    /// Experiments to run: r1 (the edge's cost), r2 (sync lag), r3 (ApplyUserContact
+    /// at 10k vs 1M orders).
+    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3")]
     only: Vec<String>,
+
+    /// Updates per second of the sync-lag run.
+    #[arg(long, default_value_t = 200.0)]
+    sync_rate: f64,
+
+    /// Total orders of the R3 runs.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    r3_sizes: Vec<usize>,
 
     /// Seconds each measured run lasts (after a warm-up of a fifth of that).
     #[arg(long, default_value_t = 10)]
@@ -43,6 +54,8 @@ async fn main() -> anyhow::Result<()> {
     let mut report = report::Report {
         machine: report::Machine::read(),
         r1: None,
+        r2: None,
+        r3: None,
     };
     if args.only.iter().any(|e| e == "r1") {
         let settings = r1::Settings {
@@ -52,6 +65,18 @@ async fn main() -> anyhow::Result<()> {
             rounds: args.rounds.max(1),
         };
         report.r1 = Some(r1::run(&settings).await?);
+    }
+    if args.only.iter().any(|e| e == "r2") {
+        let settings = r2::Settings {
+            rate: args.sync_rate,
+            duration: duration * 3,
+            users: 400,
+            orders_per_user: 5,
+        };
+        report.r2 = Some(r2::run(&settings).await?);
+    }
+    if args.only.iter().any(|e| e == "r3") {
+        report.r3 = Some(r3::run(&args.r3_sizes, 30).await?);
     }
     std::fs::create_dir_all(&args.out)?;
     let markdown = report.markdown();

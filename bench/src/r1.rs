@@ -257,7 +257,12 @@ async fn compare(
 
 pub async fn run(settings: &Settings) -> anyhow::Result<R1> {
     // P = 100: the edge sends every user call to v1, the flavor gRPC is compared with.
-    let stack = Stack::start(crate::stack::Options { p: 100 }).await?;
+    let stack = Stack::start(crate::stack::Options {
+        p: 100,
+        sync: false,
+        order_db: None,
+    })
+    .await?;
     let channel = Channel::from_shared(format!("http://{}", stack.user_v1))?
         .tcp_nodelay(true)
         .connect()

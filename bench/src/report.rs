@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::load::Measured;
 use crate::r1::R1;
+use crate::r2::R2;
+use crate::r3::R3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -62,6 +64,8 @@ impl Machine {
 pub struct Report {
     pub machine: Machine,
     pub r1: Option<R1>,
+    pub r2: Option<R2>,
+    pub r3: Option<R3>,
 }
 
 fn row(name: &str, m: &Measured) -> String {
@@ -173,6 +177,65 @@ impl Report {
                     ));
                 }
             }
+        }
+        if let Some(r2) = &self.r2 {
+            let _ = writeln!(out, "\n## R2 — sync lag\n");
+            let _ = writeln!(
+                out,
+                "{} updates of {} users (each with {} orders) at {:.0} updates/s through the \
+                 edge (P = 50, so both flavors and both outbox relays work), for {:.0} s. Lag: \
+                 from each PUT answered to every order of that user showing the new email, \
+                 checked every {:.0} ms over gRPC. Bar: p99 ≤ 100 ms.\n",
+                r2.updates, r2.users, r2.orders_per_user, r2.rate, r2.seconds, r2.poll_ms
+            );
+            let _ = writeln!(
+                out,
+                "| p50 ms | p99 ms (bar ≤ 100) | p99.9 ms | max ms | not converged in 10 s |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|");
+            let _ = writeln!(
+                out,
+                "| {:.1} | {:.1} ({}) | {:.1} | {:.1} | {} |",
+                r2.p50_ms,
+                r2.p99_ms,
+                verdict(r2.p99_ms <= 100.0 && r2.not_converged == 0),
+                r2.p999_ms,
+                r2.max_ms,
+                r2.not_converged
+            );
+            if let Some(mean) = r2.worker_mean_lag_ms {
+                let _ = writeln!(
+                    out,
+                    "\nThe worker's own measure (commit of the change to its application, its \
+                     `sync_lag_seconds` histogram): mean {mean:.1} ms."
+                );
+            }
+        }
+        if let Some(r3) = &self.r3 {
+            let _ = writeln!(out, "\n## R3 — ApplyUserContact at scale\n");
+            let _ = writeln!(
+                out,
+                "One user's 1,000 orders updated by ApplyUserContact (each call a new contact \
+                 version, so all 1,000 change), on the embedded store with the whole collection \
+                 at each size; {} calls per size after two warm-up calls. Bar: the largest size \
+                 costs ≤ 1.5× the smallest.\n",
+                r3.sizes.first().map_or(0, |s| s.calls)
+            );
+            let _ = writeln!(out, "| orders in all | median ms | p90 ms | fastest ms |");
+            let _ = writeln!(out, "|---|---|---|---|");
+            for s in &r3.sizes {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.2} | {:.2} | {:.2} |",
+                    s.total_orders, s.median_ms, s.p90_ms, s.min_ms
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\nRatio of medians: **{:.2}** ({}).",
+                r3.ratio,
+                verdict(r3.ratio <= 1.5)
+            );
         }
         out
     }

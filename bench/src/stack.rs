@@ -1,104 +1,112 @@
 //! The system under test: the release binaries, started as real processes on free ports
-//! over a fresh data directory, the way scripts/start runs them.
+//! over a fresh data directory (as scripts/start runs them), with RabbitMQ names of their
+//! own so a benchmark never mixes with anything else on the broker.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use tandem::testing::{Proc, bin, free_port, wait_serving};
+use tandem::messaging::Topology;
+use tandem::testing::{Proc, bin, eventually, free_port, wait_serving};
 
 pub struct Stack {
     /// Held so the data directory lives as long as the stack.
     _dir: tempfile::TempDir,
     procs: Vec<Proc>,
     pub user_v1: String,
+    pub orders: String,
     /// http://127.0.0.1:PORT of the edge.
     pub edge: String,
+    pub worker_ops: Option<String>,
 }
 
 pub struct Options {
     /// Percent of user traffic the edge sends to v1.
     pub p: u8,
+    /// Start the sync worker too.
+    pub sync: bool,
+    /// Serve orders from this SQLite file instead of a fresh one.
+    pub order_db: Option<PathBuf>,
 }
 
 impl Stack {
     pub async fn start(options: Options) -> anyhow::Result<Stack> {
         let dir = tempfile::tempdir()?;
         let addr = |port: u16| format!("127.0.0.1:{port}");
-        let (v1, v2, orders, edge) = (free_port(), free_port(), free_port(), free_port());
+        let (v1, v2, orders, edge) = (
+            addr(free_port()),
+            addr(free_port()),
+            addr(free_port()),
+            addr(free_port()),
+        );
+        let topology = Topology::prefixed(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::write(
             dir.path().join("routing.json"),
             format!(r#"{{"P": {}}}"#, options.p),
         )?;
+        let common = [
+            ("RUST_LOG", "warn".to_owned()),
+            ("AMQP_EXCHANGE", topology.exchange.clone()),
+            ("AMQP_QUEUE", topology.queue.clone()),
+            ("AMQP_DEAD_LETTER", topology.dead_letter.clone()),
+        ];
         let mut procs = Vec::new();
-        let mut start = |name: &str, binary: &str, args: Vec<String>| {
+        let mut start = |name: &str, binary: &str, env: Vec<(&str, String)>| {
             let mut command = Command::new(bin(binary));
             command
                 .current_dir(dir.path())
-                .args(args)
-                .env("RUST_LOG", "warn");
+                .envs(common.iter().cloned())
+                .envs(env);
             procs.push(Proc::start(name, &mut command, dir.path()));
         };
-        // Each process gets an ops port of its own.
         let ops = || addr(free_port());
-        start(
-            "user-v1",
-            "user-svc",
-            vec![
-                "--flavor".into(),
-                "v1".into(),
-                "--listen".into(),
-                addr(v1),
-                "--ops-listen".into(),
-                ops(),
-            ],
-        );
-        start(
-            "user-v2",
-            "user-svc",
-            vec![
-                "--flavor".into(),
-                "v2".into(),
-                "--listen".into(),
-                addr(v2),
-                "--ops-listen".into(),
-                ops(),
-            ],
-        );
-        start(
-            "order-svc",
-            "order-svc",
-            vec![
-                "--listen".into(),
-                addr(orders),
-                "--ops-listen".into(),
-                ops(),
-            ],
-        );
-        start(
-            "edge",
-            "edge",
-            vec![
-                "--listen".into(),
-                addr(edge),
-                "--user-v1".into(),
-                format!("http://{}", addr(v1)),
-                "--user-v2".into(),
-                format!("http://{}", addr(v2)),
-                "--orders".into(),
-                format!("http://{}", addr(orders)),
-            ],
-        );
-        for a in [addr(v1), addr(v2), addr(orders)] {
-            wait_serving(&a, Duration::from_secs(30)).await;
+        for (name, flavor, listen) in [("user-v1", "v1", &v1), ("user-v2", "v2", &v2)] {
+            start(
+                name,
+                "user-svc",
+                vec![
+                    ("USER_SVC_FLAVOR", flavor.to_owned()),
+                    ("USER_SVC_LISTEN", listen.clone()),
+                    ("USER_SVC_OPS_LISTEN", ops()),
+                ],
+            );
         }
-        let stack = Stack {
-            _dir: dir,
-            procs,
-            user_v1: addr(v1),
-            edge: format!("http://{}", addr(edge)),
-        };
-        let health = format!("{}/health", stack.edge);
-        tandem::testing::eventually(Duration::from_secs(30), "the edge to be healthy", || {
+        let mut order_env = vec![
+            ("ORDER_SVC_LISTEN", orders.clone()),
+            ("ORDER_SVC_OPS_LISTEN", ops()),
+        ];
+        if let Some(db) = &options.order_db {
+            order_env.push(("ORDER_STORE_URL", format!("sqlite://{}", db.display())));
+        }
+        start("order-svc", "order-svc", order_env);
+        let worker_ops = options.sync.then(ops);
+        if let Some(worker_ops) = &worker_ops {
+            start(
+                "sync-worker",
+                "sync-worker",
+                vec![
+                    ("ORDER_SVC_URL", format!("http://{orders}")),
+                    ("SYNC_WORKER_OPS_LISTEN", worker_ops.clone()),
+                ],
+            );
+        }
+        start(
+            "edge",
+            "edge",
+            vec![
+                ("EDGE_LISTEN", edge.clone()),
+                ("USER_V1_URL", format!("http://{v1}")),
+                ("USER_V2_URL", format!("http://{v2}")),
+                ("ORDER_SVC_URL", format!("http://{orders}")),
+                ("ROUTING_CONFIG", "routing.json".to_owned()),
+            ],
+        );
+        for a in [&v1, &v2, &orders] {
+            wait_serving(a, Duration::from_secs(60)).await;
+        }
+        let edge = format!("http://{edge}");
+        let health = format!("{edge}/health");
+        eventually(Duration::from_secs(30), "the edge to be healthy", || {
             let health = health.clone();
             async move {
                 let reply = reqwest::get(&health).await.ok()?;
@@ -106,7 +114,29 @@ impl Stack {
             }
         })
         .await;
-        Ok(stack)
+        if let Some(worker_ops) = &worker_ops {
+            let ready = format!("http://{worker_ops}/healthz");
+            eventually(
+                Duration::from_secs(30),
+                "the sync worker to consume",
+                || {
+                    let ready = ready.clone();
+                    async move {
+                        let reply = reqwest::get(&ready).await.ok()?;
+                        reply.status().is_success().then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+        Ok(Stack {
+            _dir: dir,
+            procs,
+            user_v1: v1,
+            orders,
+            edge,
+            worker_ops,
+        })
     }
 
     /// CPU time (user + system) each process has used so far, in seconds, with the

@@ -1,0 +1,201 @@
+//! R2: sync lag. At a steady rate of user updates through the edge, the time from a PUT
+//! answered to every order of that user showing the new contact. Bar: p99 ≤ 100 ms at
+//! 200 updates/s.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tandem::proto::order::v1::ListOrdersRequest;
+use tandem::proto::order::v1::order_service_client::OrderServiceClient;
+use tonic::transport::Channel;
+
+use crate::stack::Stack;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct R2 {
+    pub rate: f64,
+    pub seconds: f64,
+    pub users: usize,
+    pub orders_per_user: usize,
+    pub updates: u64,
+    /// Updates whose orders did not converge within 10 s.
+    pub not_converged: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// The polling interval, which bounds the resolution of the figures.
+    pub poll_ms: f64,
+    /// The worker's own view: mean time from a change's commit to its application.
+    pub worker_mean_lag_ms: Option<f64>,
+}
+
+/// Mean of a Prometheus histogram on an ops port, from its _sum and _count.
+async fn histogram_mean(ops: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |suffix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix} ")))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+    };
+    let (sum, count) = (value("sum")?, value("count")?);
+    (count > 0.0).then(|| sum / count)
+}
+
+pub struct Settings {
+    pub rate: f64,
+    pub duration: Duration,
+    pub users: usize,
+    pub orders_per_user: usize,
+}
+
+const POLL: Duration = Duration::from_millis(2);
+
+fn address(street: &str) -> serde_json::Value {
+    serde_json::json!({"street": street, "city": "Ottawa", "province": "ON", "postalCode": "K2P 1L4", "country": "Canada"})
+}
+
+async fn converged(
+    orders: &mut OrderServiceClient<Channel>,
+    user_id: &str,
+    email: &str,
+    expected: usize,
+) -> bool {
+    let reply = orders
+        .list_orders(ListOrdersRequest {
+            user_id: user_id.to_owned(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await;
+    match reply {
+        Ok(reply) => {
+            let list = reply.into_inner().orders;
+            list.len() == expected
+                && list
+                    .iter()
+                    .all(|o| o.emails.first().map(String::as_str) == Some(email))
+        }
+        Err(_) => false,
+    }
+}
+
+pub async fn run(s: &Settings) -> anyhow::Result<R2> {
+    // P = 50: both flavors, and both relays, take part.
+    let stack = Stack::start(crate::stack::Options {
+        p: 50,
+        sync: true,
+        order_db: None,
+    })
+    .await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let mut users = Vec::new();
+    eprintln!(
+        "R2: seeding {} users with {} orders each",
+        s.users, s.orders_per_user
+    );
+    for i in 0..s.users {
+        let email = format!("lag{i}.{}@bench.example", uuid::Uuid::new_v4().simple());
+        let body = serde_json::json!({"emails": [email], "deliveryAddress": address("1 Seed St")});
+        let reply: serde_json::Value = http
+            .post(format!("{}/users", stack.edge))
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = reply["user"]["userId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        for _ in 0..s.orders_per_user {
+            let order = serde_json::json!({
+                "userId": id, "items": [{"itemId": "thing", "quantity": 1, "price": 9.99}],
+                "emails": [email], "deliveryAddress": address("1 Seed St")
+            });
+            http.post(format!("{}/orders", stack.edge))
+                .json(&order)
+                .send()
+                .await?;
+        }
+        users.push(id);
+    }
+    let channel = Channel::from_shared(format!("http://{}", stack.orders))?
+        .connect()
+        .await?;
+    let orders = OrderServiceClient::new(channel);
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let users = Arc::new(users);
+    let interval = Duration::from_secs_f64(1.0 / s.rate);
+    let started = Instant::now();
+    let total = (s.rate * s.duration.as_secs_f64()) as u64;
+    eprintln!("R2: {total} updates at {} /s", s.rate);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+        let (http, mut orders, users, histogram, failures) = (
+            http.clone(),
+            orders.clone(),
+            users.clone(),
+            histogram.clone(),
+            failures.clone(),
+        );
+        let edge = stack.edge.clone();
+        let expected = s.orders_per_user;
+        tasks.spawn(async move {
+            let user_id = &users[i as usize % users.len()];
+            let email = format!("u{i}.{}@bench.example", uuid::Uuid::new_v4().simple());
+            let body = serde_json::json!({"emails": [email], "deliveryAddress": address(&format!("{i} Lag Lane"))});
+            let answered = http.put(format!("{edge}/users/{user_id}")).json(&body).send().await;
+            if !answered.is_ok_and(|r| r.status().is_success()) {
+                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if converged(&mut orders, user_id, &email, expected).await {
+                    let _ = histogram.lock().expect("no panics while recording").record(t0.elapsed().as_micros().max(1) as u64);
+                    return;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let worker_mean_lag_ms = match &stack.worker_ops {
+        Some(ops) => histogram_mean(ops, "tandem_sync_sync_lag_seconds")
+            .await
+            .map(|s| s * 1000.0),
+        None => None,
+    };
+    let h = histogram.lock().expect("no panics while recording");
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(R2 {
+        rate: s.rate,
+        seconds: s.duration.as_secs_f64(),
+        users: s.users,
+        orders_per_user: s.orders_per_user,
+        updates: total,
+        not_converged: failures.load(std::sync::atomic::Ordering::Relaxed),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: h.max() as f64 / 1000.0,
+        poll_ms: POLL.as_secs_f64() * 1000.0,
+        worker_mean_lag_ms,
+    })
+}
