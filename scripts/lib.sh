@@ -81,7 +81,13 @@ ensure_buf() {
   export PATH="$dir/node_modules/.bin:$PATH"
 }
 
-# Chromium, for the test that renders /docs in a real browser.
+# Chromium (or Chrome), for the test that renders /docs in a real browser.
 ensure_chromium() {
-  command -v chromium >/dev/null || command -v chromium-browser >/dev/null || apt_install chromium
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+    || command -v google-chrome >/dev/null || apt_install chromium
+}
+
+# Debian's docker-compose, only to validate compose.yaml (no Docker engine needed).
+ensure_compose_validator() {
+  command -v docker-compose >/dev/null || apt_install docker-compose
 }
