@@ -194,9 +194,14 @@ pub fn never_sent(status: &Status) -> bool {
     false
 }
 
-/// tonic reports its own client-side timeout as CANCELLED ("Timeout expired"); for the
-/// client of the edge that is the upstream missing its deadline.
+/// tonic reports a deadline that ran out as CANCELLED ("Timeout expired"), whether the
+/// edge's own timer or the service's (it gets the deadline in `grpc-timeout`) fired
+/// first. Nothing else cancels an upstream call, so for the edge's client either is the
+/// upstream missing its deadline.
 fn deadline_as_such(status: Status) -> Status {
+    if status.code() == tonic::Code::Cancelled {
+        return Status::deadline_exceeded("the upstream did not answer in time");
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&status);
     while let Some(err) = source {
         if err.is::<tonic::TimeoutExpired>() {
