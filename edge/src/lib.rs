@@ -8,9 +8,10 @@
 mod error;
 mod json;
 mod metrics;
-mod model;
+pub(crate) mod model;
 mod routes;
 pub mod routing;
+mod server;
 mod upstream;
 
 use std::path::PathBuf;
@@ -71,8 +72,6 @@ pub enum Error {
     Routing(String),
     #[error("upstream: {0}")]
     Upstream(String),
-    #[error("HTTP server failed: {0}")]
-    Serve(#[from] std::io::Error),
 }
 
 /// What every request handler shares.
@@ -146,16 +145,7 @@ impl Edge {
             admin_api = self.state.admin_token.is_some(),
             "edge serving"
         );
-        let app = self.router();
-        // Small JSON answers go out at once rather than waiting on Nagle's algorithm.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        server::serve(listener, self.router(), shutdown.clone()).await;
         shutdown.cancel();
         let _ = watcher.await;
         Ok(())

@@ -16,16 +16,36 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddressInput {
-    #[schema(example = "456 Elm Avenue")]
+    #[schema(
+        example = "456 Elm Avenue",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub street: String,
-    #[schema(example = "Ottawa")]
+    #[schema(
+        example = "Ottawa",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub city: String,
     #[serde(alias = "state")]
-    #[schema(example = "ON")]
+    #[schema(
+        example = "ON",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub province: String,
-    #[schema(example = "K2P 1L4")]
+    #[schema(
+        example = "K2P 1L4",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub postal_code: String,
-    #[schema(example = "Canada")]
+    #[schema(
+        example = "Canada",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub country: String,
 }
 
@@ -44,14 +64,26 @@ impl From<AddressInput> for common::Address {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUserInput {
-    #[schema(example = "Robert")]
+    #[schema(
+        example = "Robert",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub first_name: Option<String>,
-    #[schema(example = "Williams")]
+    #[schema(
+        example = "Williams",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub last_name: Option<String>,
-    #[schema(example = "+1-438-222-7890")]
+    #[schema(
+        example = "+1-438-222-7890",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub phone_number: Option<String>,
     /// At least one; unique across users, ignoring case.
-    #[schema(example = json!(["robert.williams@hotmail.com"]))]
+    #[schema(schema_with = email_list)]
     pub emails: Vec<String>,
     pub delivery_address: AddressInput,
 }
@@ -71,23 +103,52 @@ impl From<CreateUserInput> for user::CreateUserRequest {
 /// New emails and/or a new delivery address (at least one, nothing else).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct ContactInput {
     #[serde(default, deserialize_with = "present")]
-    #[schema(example = json!(["robert.williams@outlook.com"]))]
+    #[schema(schema_with = email_list, nullable = false)]
     pub emails: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub delivery_address: Option<AddressInput>,
 }
 
-/// Order bodies also take `userEmails` for `emails`.
+/// New emails and/or a new delivery address (at least one, nothing else). Order bodies
+/// also take `userEmails` for `emails`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct OrderContactInput {
     #[serde(default, alias = "userEmails", deserialize_with = "present")]
-    #[schema(example = json!(["robert.williams@outlook.com"]))]
+    #[schema(schema_with = email_list, nullable = false)]
     pub emails: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub delivery_address: Option<AddressInput>,
+}
+
+/// A whole number as JSON Schema counts them: `2` or `2.0` (an integer-valued number),
+/// that fits `T`. serde alone refuses `2.0`.
+pub fn whole_number<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    let raw: Box<RawValue> = Deserialize::deserialize(d)?;
+    let text = raw.get();
+    let n = match text.parse::<i64>() {
+        Ok(n) => n,
+        // i64::MAX as f64 rounds up to 2^63, which does not fit: compare strictly below.
+        Err(_) => match text.parse::<f64>() {
+            Ok(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => f as i64,
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "expected a whole number, got {text}"
+                )));
+            }
+        },
+    };
+    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
 }
 
 /// A key that is present must hold a value: `"emails": null` is refused rather than
@@ -144,6 +205,25 @@ impl OrderStatus {
     }
 }
 
+/// How the OpenAPI document describes `emails`: 1 to 20 distinct addresses. (user-svc v1
+/// accepts any non-blank text, v2 only valid addresses; the document promises the
+/// stricter; both compare addresses ignoring case.)
+fn email_list() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+                .max_length(Some(254)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(20))
+        .unique_items(true)
+        .examples([serde_json::json!(["robert.williams@hotmail.com"])])
+        .build()
+}
+
 /// An exact decimal: a JSON number (`29.99`) or a string holding one (`"29.99"`), kept as
 /// the client wrote it; never parsed into binary floating point.
 #[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
@@ -177,23 +257,31 @@ impl Serialize for Price {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ItemInput {
-    #[schema(example = "Study table")]
+    #[schema(
+        example = "Study table",
+        pattern = r"^[^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000A-\u001F\u007F-\u009F]*$",
+        max_length = 256
+    )]
     pub item_id: String,
     /// At least 1.
-    #[schema(example = 1)]
+    #[schema(example = 1, minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
     pub quantity: i64,
-    /// Unit price, at least 0.
+    /// Unit price from 0 to 10^18: an exact decimal (a JSON number, or a string holding
+    /// one), at most 28 digits after the point.
+    #[schema(value_type = f64, example = 29.99, minimum = 0, maximum = 1e18)]
     pub price: Price,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderInput {
-    #[schema(example = "8eab397f-6890-4c61-b3f8-4f6c099e4c90")]
+    #[schema(example = "8eab397f-6890-4c61-b3f8-4f6c099e4c90", format = Uuid)]
     pub user_id: String,
+    #[schema(min_items = 1, max_items = 1000)]
     pub items: Vec<ItemInput>,
     #[serde(alias = "userEmails")]
-    #[schema(example = json!(["robert.williams@hotmail.com"]))]
+    #[schema(schema_with = email_list)]
     pub emails: Vec<String>,
     pub delivery_address: AddressInput,
     /// Defaults to "under process".
@@ -234,8 +322,10 @@ pub struct ListQuery {
     /// Only orders with this status.
     pub status: Option<OrderStatus>,
     /// Only orders of this user.
+    #[param(format = Uuid)]
     pub user_id: Option<String>,
-    /// Orders per page: 100 by default, 1000 at most.
+    /// Orders per page: 100 by default, 1000 at most (larger asks get 1000).
+    #[param(minimum = 0)]
     pub limit: Option<i32>,
     /// `nextPageToken` of the previous page, with the same filters.
     pub page_token: Option<String>,

@@ -75,7 +75,7 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Percent of user traffic sent to user-svc v1 (0–100); the rest goes to v2.
-    #[serde(rename = "P")]
+    #[serde(rename = "P", deserialize_with = "crate::model::whole_number")]
     #[schema(minimum = 0, maximum = 100, example = 70)]
     pub p: u8,
     #[serde(default)]

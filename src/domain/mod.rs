@@ -13,7 +13,7 @@ pub use address::Address;
 pub use email::{Email, EmailCheck, EmailList};
 pub use ids::{OrderId, UserId};
 pub use order_status::{OrderStatus, StatusChange};
-pub use price::Price;
+pub use price::{MAX_PRICE, Price};
 pub use text::{optional_text, required_text};
 pub use violations::{FieldViolation, Violations};
 

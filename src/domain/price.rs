@@ -1,5 +1,9 @@
 use rust_decimal::Decimal;
 
+/// The largest price tandem takes (10^18): far beyond any real price, and exact both
+/// as a decimal and as the `maximum` of the OpenAPI document (a double).
+pub const MAX_PRICE: u64 = 1_000_000_000_000_000_000;
+
 /// A unit price: an exact decimal, zero or more. It keeps the scale it was given, so
 /// `29.99` is stored and returned as `29.99` and `5.50` as `5.50`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,9 @@ impl Price {
     pub fn from_decimal(value: Decimal) -> Result<Price, String> {
         if value.is_sign_negative() && !value.is_zero() {
             return Err("must not be negative".into());
+        }
+        if value > Decimal::from(MAX_PRICE) {
+            return Err(format!("must be at most {MAX_PRICE}"));
         }
         // -0 and 0 are one price.
         Ok(Price(value.abs()))

@@ -145,6 +145,7 @@ pub struct EdgeOptions {
     pub p: Option<u8>,
     pub admin_token: Option<&'static str>,
     pub upstream_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 impl Default for EdgeOptions {
@@ -153,6 +154,7 @@ impl Default for EdgeOptions {
             p: None,
             admin_token: Some(ADMIN_TOKEN),
             upstream_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -180,7 +182,7 @@ impl Stack {
             admin_token: options
                 .admin_token
                 .and_then(|t| edge::AdminToken::new(t.to_owned())),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: options.request_timeout,
         };
         let edge = start_edge(config).await;
         let http = Http::new(&format!("http://{}", edge.addr));

@@ -2,7 +2,7 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tandem::proto::order::v1 as pb;
@@ -10,7 +10,7 @@ use tandem::proto::order::v1 as pb;
 use super::RequestId;
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses, camel_path};
-use crate::json::{JsonBody, parse_query};
+use crate::json::{JsonBody, PathParam, parse_query};
 use crate::model::{
     CreateOrderInput, ListQuery, OrderAfterEnvelope, OrderContactInput, OrderEnvelope, OrderView,
     OrdersEnvelope, SUCCESS, StatusInput, contact_update,
@@ -108,6 +108,10 @@ pub async fn list_orders(
     RawQuery(query): RawQuery,
 ) -> Result<Json<OrdersEnvelope>, ApiError> {
     let query: ListQuery = parse_query(query.as_deref().unwrap_or(""))?;
+    // `userId=` names no user: refuse it rather than list everyone's orders.
+    if query.user_id.as_deref() == Some("") {
+        return Err(ApiError::invalid_field("userId", "must be a UUID"));
+    }
     let request = pb::ListOrdersRequest {
         order_status: query.status.map_or(0, |s| s.to_proto()),
         user_id: query.user_id.unwrap_or_default(),
@@ -138,7 +142,7 @@ pub async fn list_orders(
     get,
     path = "/orders/{orderId}",
     tag = "orders",
-    params(("orderId" = String, Path, description = "The order's id (a UUID)")),
+    params(("orderId" = uuid::Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = OrderEnvelope),
         ErrorResponses,
@@ -147,7 +151,7 @@ pub async fn list_orders(
 pub async fn get_order(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Path(order_id): Path<String>,
+    PathParam(order_id): PathParam,
 ) -> Result<Json<OrderEnvelope>, ApiError> {
     let reply = state
         .upstreams
@@ -171,7 +175,7 @@ pub async fn get_order(
     path = "/orders/{orderId}/status",
     tag = "orders",
     request_body = StatusInput,
-    params(("orderId" = String, Path, description = "The order's id (a UUID)")),
+    params(("orderId" = uuid::Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order after the change", body = OrderAfterEnvelope),
         ErrorResponses,
@@ -180,7 +184,7 @@ pub async fn get_order(
 pub async fn update_status(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Path(order_id): Path<String>,
+    PathParam(order_id): PathParam,
     JsonBody(body): JsonBody<StatusInput>,
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
     let request = pb::UpdateOrderStatusRequest {
@@ -208,7 +212,7 @@ pub async fn update_status(
     path = "/orders/{orderId}/details",
     tag = "orders",
     request_body = OrderContactInput,
-    params(("orderId" = String, Path, description = "The order's id (a UUID)")),
+    params(("orderId" = uuid::Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order after the change", body = OrderAfterEnvelope),
         ErrorResponses,
@@ -217,7 +221,7 @@ pub async fn update_status(
 pub async fn update_details(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Path(order_id): Path<String>,
+    PathParam(order_id): PathParam,
     JsonBody(body): JsonBody<OrderContactInput>,
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
     if body.emails.is_none() && body.delivery_address.is_none() {

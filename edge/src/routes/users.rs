@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tandem::proto::user::v1::{GetUserRequest, UpdateUserContactRequest};
@@ -11,7 +11,7 @@ use tandem::proto::user::v1::{GetUserRequest, UpdateUserContactRequest};
 use super::RequestId;
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses, camel_path};
-use crate::json::JsonBody;
+use crate::json::{JsonBody, PathParam};
 use crate::model::{
     ContactInput, CreateUserInput, SUCCESS, UserAfterEnvelope, UserEnvelope, UserView,
     contact_update,
@@ -20,6 +20,15 @@ use crate::routing::{self, Flavor};
 use crate::upstream::Served;
 
 const USER_VERSION: &str = "x-user-version";
+
+/// The values of `X-User-Version`, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documentation only
+pub enum UserVersion {
+    V1,
+    V2,
+}
 const SERVED_BY: &str = "x-served-by";
 const UPSTREAM: &str = "the user service";
 
@@ -66,7 +75,7 @@ fn user_or_internal(user: Option<tandem::proto::user::v1::User>) -> Result<UserV
     path = "/users",
     tag = "users",
     request_body = CreateUserInput,
-    params(("X-User-Version" = Option<String>, Header, description = "Force a flavor: v1 or v2")),
+    params(("X-User-Version" = Option<UserVersion>, Header, description = "Force a flavor")),
     responses(
         (status = 201, description = "Created", body = UserEnvelope,
             headers(("Location" = String, description = "/users/{userId}"),
@@ -118,8 +127,8 @@ pub async fn create_user(
     path = "/users/{userId}",
     tag = "users",
     params(
-        ("userId" = String, Path, description = "The user's id (a UUID)"),
-        ("X-User-Version" = Option<String>, Header, description = "Force a flavor: v1 or v2"),
+        ("userId" = uuid::Uuid, Path, description = "The user's id"),
+        ("X-User-Version" = Option<UserVersion>, Header, description = "Force a flavor"),
     ),
     responses(
         (status = 200, description = "The user", body = UserEnvelope,
@@ -130,7 +139,7 @@ pub async fn create_user(
 pub async fn get_user(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Path(user_id): Path<String>,
+    PathParam(user_id): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let flavor = pick(&state, &headers, Some(&user_id))?;
@@ -163,8 +172,8 @@ pub async fn get_user(
     tag = "users",
     request_body = ContactInput,
     params(
-        ("userId" = String, Path, description = "The user's id (a UUID)"),
-        ("X-User-Version" = Option<String>, Header, description = "Force a flavor: v1 or v2"),
+        ("userId" = uuid::Uuid, Path, description = "The user's id"),
+        ("X-User-Version" = Option<UserVersion>, Header, description = "Force a flavor"),
     ),
     responses(
         (status = 200, description = "The user after the change", body = UserAfterEnvelope,
@@ -175,7 +184,7 @@ pub async fn get_user(
 pub async fn update_user(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Path(user_id): Path<String>,
+    PathParam(user_id): PathParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ContactInput>,
 ) -> Result<Response, ApiError> {
