@@ -378,4 +378,5 @@ async fn turning_the_dial_under_load_drops_no_request() {
         total += ok;
     }
     assert!(total > 50, "only {total} requests ran");
+    println!("dial turned 14 times under load: {total} requests, 0 failed");
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
-use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,6 +23,16 @@ pub struct UpstreamConfig {
     pub orders: String,
     /// The deadline of every upstream call.
     pub timeout: Duration,
+}
+
+/// Whether a user call may be repeated on the other flavor after it may have reached the
+/// first (the first died mid-call, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A read: repeating it changes nothing.
+    Safe,
+    /// A write: only a call that never left may go to the other flavor.
+    OnlyIfNeverSent,
 }
 
 /// A user call's outcome and the flavor that produced it.
@@ -84,10 +94,12 @@ impl Upstreams {
 
     /// Calls a user flavor; if it cannot be reached at all (the connection failed, so
     /// the request was never sent) the other flavor gets the request. A request that may
-    /// have reached a flavor is never repeated: a create or update might run twice.
+    /// have reached a flavor is repeated on the other only when it is `Safe` to: a read.
+    /// A create or update is never repeated blindly; it might run twice.
     pub async fn user<Req, Resp, F, Fut>(
         &self,
         first: Flavor,
+        retry: Retry,
         request_id: &str,
         message: Req,
         call: F,
@@ -101,7 +113,10 @@ impl Upstreams {
             .call_flavor(first, request_id, message.clone(), &call)
             .await;
         match result {
-            Err(status) if never_sent(&status) => {
+            Err(status)
+                if never_sent(&status)
+                    || (retry == Retry::Safe && status.code() == Code::Unavailable) =>
+            {
                 let second = first.other();
                 self.metrics.failover(first);
                 tracing::warn!(from = first.as_str(), to = second.as_str(), error = %status.message(), "user flavor unreachable; failing over");
@@ -133,7 +148,7 @@ impl Upstreams {
         let result = call(client, self.request(message, request_id))
             .await
             .map(tonic::Response::into_inner)
-            .map_err(deadline_as_such);
+            .map_err(|status| self.as_seen_by_clients(status, started));
         self.metrics
             .flavor_call(flavor, result.is_ok(), started.elapsed());
         result
@@ -149,10 +164,33 @@ impl Upstreams {
         F: FnOnce(OrderServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        let started = Instant::now();
         call(self.orders.clone(), self.request(message, request_id))
             .await
             .map(tonic::Response::into_inner)
-            .map_err(deadline_as_such)
+            .map_err(|status| self.as_seen_by_clients(status, started))
+    }
+
+    /// What a failed call means for the edge's client. tonic reports failures of the call
+    /// itself (not statuses the service sent) as CANCELLED or UNKNOWN with the cause as
+    /// the status's source: a deadline that ran out (the edge's timer or the service's,
+    /// which gets the deadline in `grpc-timeout`) is DEADLINE_EXCEEDED; a connection that
+    /// broke mid-call (the service died or is shutting down) is UNAVAILABLE.
+    fn as_seen_by_clients(&self, status: Status, started: Instant) -> Status {
+        let local = std::error::Error::source(&status).is_some();
+        let timed_out = started.elapsed() + Duration::from_millis(50) >= self.timeout
+            || source_is::<tonic::TimeoutExpired>(&status);
+        match status.code() {
+            Code::Cancelled | Code::DeadlineExceeded if timed_out => {
+                Status::deadline_exceeded("the upstream did not answer in time")
+            }
+            Code::Cancelled => Status::unavailable("the upstream went away during the call"),
+            Code::Unknown if local => {
+                tracing::warn!(error = ?status, "upstream connection failed during a call");
+                Status::unavailable("the connection to the upstream failed during the call")
+            }
+            _ => status,
+        }
     }
 
     /// Each upstream's gRPC health: `Ok` when SERVING, else why not.
@@ -184,30 +222,17 @@ impl Upstreams {
 /// Whether a call failed before anything was sent: tonic reports a failed connection
 /// attempt with a `ConnectError` in the status's source chain.
 pub fn never_sent(status: &Status) -> bool {
+    source_is::<tonic::ConnectError>(status)
+}
+
+/// Whether an error of type `E` is in the status's source chain.
+fn source_is<E: std::error::Error + 'static>(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();
     }
     false
-}
-
-/// tonic reports a deadline that ran out as CANCELLED ("Timeout expired"), whether the
-/// edge's own timer or the service's (it gets the deadline in `grpc-timeout`) fired
-/// first. Nothing else cancels an upstream call, so for the edge's client either is the
-/// upstream missing its deadline.
-fn deadline_as_such(status: Status) -> Status {
-    if status.code() == tonic::Code::Cancelled {
-        return Status::deadline_exceeded("the upstream did not answer in time");
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&status);
-    while let Some(err) = source {
-        if err.is::<tonic::TimeoutExpired>() {
-            return Status::deadline_exceeded("the upstream did not answer in time");
-        }
-        source = err.source();
-    }
-    status
 }

@@ -45,6 +45,7 @@ pub struct SyncStack {
     pub user_svc_v2: Option<Proc>,
     pub order_svc: Option<Proc>,
     pub worker: Option<Proc>,
+    pub edge: Option<Proc>,
     restarts: usize,
 }
 
@@ -77,6 +78,7 @@ impl SyncStack {
             user_svc_v2: None,
             order_svc: None,
             worker: None,
+            edge: None,
             restarts: 0,
         };
         stack.start_order_svc().await;
@@ -152,6 +154,49 @@ impl SyncStack {
             async move { (metric(&ops, "tandem_sync_connected").await == Some(1.0)).then_some(()) }
         })
         .await;
+    }
+
+    /// Starts an edge in front of user-svc v1 (`user_addr`), `v2_addr` and order-svc, with
+    /// the dial at `p`; returns a client for it.
+    pub async fn start_edge(&mut self, v2_addr: &str, p: u8) -> super::Http {
+        let addr = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            self.dir.path().join("routing.json"),
+            format!(r#"{{"P": {p}}}"#),
+        )
+        .unwrap();
+        let mut command = Command::new(bin("edge"));
+        command.current_dir(self.dir.path()).args([
+            "--listen",
+            &addr,
+            "--user-v1",
+            &format!("http://{}", self.user_addr),
+            "--user-v2",
+            &format!("http://{v2_addr}"),
+            "--orders",
+            &format!("http://{}", self.order_addr),
+            "--routing-config",
+            "routing.json",
+            "--upstream-timeout-ms",
+            "3000",
+        ]);
+        let name = self.next_name("edge");
+        self.edge = Some(Proc::start(&name, &mut command, self.log_dir()));
+        let http = super::Http::new(&format!("http://{addr}"));
+        let probe = http.clone();
+        eventually(Duration::from_secs(20), "the edge to be healthy", || {
+            let probe = probe.clone();
+            async move {
+                let reply = probe
+                    .request(reqwest::Method::GET, "/health")
+                    .send()
+                    .await
+                    .ok()?;
+                reply.status().is_success().then_some(())
+            }
+        })
+        .await;
+        http
     }
 
     /// Runs `sync-worker ARGS` (the DLQ tools) against this stack's broker and names.

@@ -17,7 +17,7 @@ use crate::model::{
     contact_update,
 };
 use crate::routing::{self, Flavor};
-use crate::upstream::Served;
+use crate::upstream::{Retry, Served};
 
 const USER_VERSION: &str = "x-user-version";
 
@@ -94,6 +94,7 @@ pub async fn create_user(
         .upstreams
         .user(
             flavor,
+            Retry::OnlyIfNeverSent,
             &request_id,
             body.into(),
             |mut client, request| async move { client.create_user(request).await },
@@ -147,6 +148,7 @@ pub async fn get_user(
         .upstreams
         .user(
             flavor,
+            Retry::Safe,
             &request_id,
             GetUserRequest { user_id },
             |mut client, request| async move { client.get_user(request).await },
@@ -207,6 +209,7 @@ pub async fn update_user(
         .upstreams
         .user(
             flavor,
+            Retry::OnlyIfNeverSent,
             &request_id,
             request,
             |mut client, request| async move { client.update_user_contact(request).await },

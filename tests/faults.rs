@@ -1,0 +1,279 @@
+//! Faults at the public door, with real processes: a user flavor killed mid-load,
+//! order-svc restarted under load, one email raced by many clients. Each test prints what
+//! it checked and the counts (`scripts/faults` runs them, and the sync faults, with the
+//! output shown).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::sync::*;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+/// Counts of a load run, by outcome.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    unavailable: AtomicU64,
+    other: AtomicU64,
+    slowest_ms: AtomicU64,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn record(&self, started: Instant, reply: &Reply) {
+        let ms = started.elapsed().as_millis() as u64;
+        self.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+        match reply.status {
+            200..=299 => self.ok.fetch_add(1, Ordering::Relaxed),
+            503 => self.unavailable.fetch_add(1, Ordering::Relaxed),
+            _ => {
+                self.failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", reply.status, reply.text));
+                self.other.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    fn line(&self, what: &str) -> String {
+        format!(
+            "{what}: {} ok, {} unavailable (503), {} other, slowest {} ms",
+            self.ok.load(Ordering::Relaxed),
+            self.unavailable.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+            self.slowest_ms.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Runs `workers` loops of `step` until `stop`; returns when all stopped.
+fn load<F, Fut>(
+    workers: usize,
+    stop: &CancellationToken,
+    done: &Arc<AtomicUsize>,
+    step: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    (0..workers)
+        .map(|w| {
+            let (stop, done, step) = (stop.clone(), done.clone(), step.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.is_cancelled() {
+                    step(w, i).await;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+async fn progressed(done: &AtomicUsize, by: usize) {
+    let start = done.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{by} more requests"),
+        || async { (done.load(Ordering::Relaxed) >= start + by).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_flavor_killed_mid_load_costs_no_read_and_no_later_write() {
+    let mut stack = SyncStack::start().await;
+    let v2 = stack.start_user_svc_v2().await;
+    let http = stack.start_edge(&v2, 50).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(http.create_user(&unique_email("k")).await);
+    }
+    let ids = Arc::new(ids);
+    let (reads, writes_before, writes_after) = (
+        Arc::new(Tally::default()),
+        Arc::new(Tally::default()),
+        Arc::new(Tally::default()),
+    );
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks = {
+        let (http, ids, reads, wb, wa, killed) = (
+            http.clone(),
+            ids.clone(),
+            reads.clone(),
+            writes_before.clone(),
+            writes_after.clone(),
+            killed.clone(),
+        );
+        load(6, &stop, &done, move |w, i| {
+            let (http, ids, reads, wb, wa, killed) = (
+                http.clone(),
+                ids.clone(),
+                reads.clone(),
+                wb.clone(),
+                wa.clone(),
+                killed.clone(),
+            );
+            async move {
+                let started = Instant::now();
+                if i % 4 == 3 {
+                    let after = killed.load(Ordering::Relaxed);
+                    let reply = http.post("/users", &user_body(&unique_email("w"))).await;
+                    if after {
+                        wa.record(started, &reply)
+                    } else {
+                        wb.record(started, &reply)
+                    }
+                } else {
+                    let reply = http
+                        .get(&format!("/users/{}", ids[(w * 7 + i) % ids.len()]))
+                        .await;
+                    reads.record(started, &reply);
+                }
+            }
+        })
+    };
+    progressed(&done, 200).await;
+    stack.user_svc.as_ref().unwrap().signal(Signal::SIGKILL);
+    stack
+        .user_svc
+        .as_mut()
+        .unwrap()
+        .wait(Duration::from_secs(10))
+        .await;
+    // Writes that were in flight at the kill may answer 503 (they might have run; the edge
+    // does not repeat them). From here on, v1 refuses connections and every request
+    // fails over to v2.
+    killed.store(true, Ordering::Relaxed);
+    progressed(&done, 400).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("{}", reads.line("reads across the kill"));
+    println!("{}", writes_before.line("writes until the kill"));
+    println!("{}", writes_after.line("writes after the kill"));
+    let failovers = http.get("/metrics").await.text;
+    let line = failovers
+        .lines()
+        .find(|l| l.starts_with(r#"tandem_edge_user_failovers_total{flavor="v1"}"#))
+        .unwrap_or("")
+        .to_owned();
+    println!("failovers from v1: {line}");
+    assert_eq!(
+        reads.unavailable.load(Ordering::Relaxed) + reads.other.load(Ordering::Relaxed),
+        0,
+        "a read failed: {:?}",
+        reads.failures.lock().unwrap()
+    );
+    assert_eq!(
+        writes_after.unavailable.load(Ordering::Relaxed)
+            + writes_after.other.load(Ordering::Relaxed),
+        0,
+        "a later write failed: {:?}",
+        writes_after.failures.lock().unwrap()
+    );
+    assert_eq!(
+        writes_before.other.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        writes_before.failures.lock().unwrap()
+    );
+    assert!(writes_after.ok.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_svc_restarted_under_load_answers_503_or_success_in_time() {
+    let mut stack = SyncStack::start().await;
+    let v2 = stack.start_user_svc_v2().await;
+    let http = stack.start_edge(&v2, 100).await;
+    let email = unique_email("o");
+    let user = http.create_user(&email).await;
+    let tally = Arc::new(Tally::default());
+    let stop = CancellationToken::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks = {
+        let (http, tally) = (http.clone(), tally.clone());
+        load(4, &stop, &done, move |_, i| {
+            let (http, tally, user, email) =
+                (http.clone(), tally.clone(), user.clone(), email.clone());
+            async move {
+                let started = Instant::now();
+                let reply = if i % 2 == 0 {
+                    http.post("/orders", &order_body(&user, &email)).await
+                } else {
+                    http.get(&format!("/orders?userId={user}&limit=5")).await
+                };
+                tally.record(started, &reply);
+            }
+        })
+    };
+    progressed(&done, 100).await;
+    stack
+        .order_svc
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(10))
+        .await;
+    progressed(&done, 100).await; // while it is down
+    stack.start_order_svc().await;
+    progressed(&done, 100).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("{}", tally.line("order requests across the restart"));
+    assert_eq!(
+        tally.other.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        tally.failures.lock().unwrap()
+    );
+    assert!(
+        tally.unavailable.load(Ordering::Relaxed) > 0,
+        "the outage was not seen"
+    );
+    // The edge's deadline is 3 s here: nobody waits much past it.
+    assert!(
+        tally.slowest_ms.load(Ordering::Relaxed) < 5_000,
+        "{}",
+        tally.line("slowest")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_email_raced_by_many_clients_goes_to_exactly_one_user() {
+    let mut stack = SyncStack::start().await;
+    let v2 = stack.start_user_svc_v2().await;
+    let http = stack.start_edge(&v2, 50).await;
+    for round in 0..5 {
+        let email = unique_email(&format!("race{round}"));
+        let attempts = (0..20).map(|_| {
+            let (http, email) = (http.clone(), email.clone());
+            tokio::spawn(async move { http.post("/users", &user_body(&email)).await })
+        });
+        let replies: Vec<Reply> = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let created = replies.iter().filter(|r| r.status == 201).count();
+        let conflicts = replies.iter().filter(|r| r.status == 409).count();
+        let flavors: std::collections::HashSet<&str> =
+            replies.iter().map(Reply::served_by).collect();
+        println!(
+            "round {round}: 20 concurrent creates of one email through both flavors ({flavors:?}): {created} created, {conflicts} conflicts"
+        );
+        assert_eq!((created, conflicts), (1, 19));
+    }
+}
