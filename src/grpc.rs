@@ -75,8 +75,23 @@ pub async fn serve(
             tracing::info_span!("rpc", path = %req.uri().path(), request_id = %request_id)
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .serve_with_incoming_shutdown(no_delay(listener), drain)
         .await
+}
+
+/// The accepted connections, with Nagle's algorithm off. tonic sets TCP_NODELAY only on
+/// listeners it binds itself; without it a reply written in several pieces (headers,
+/// body, trailers) waits for the client's delayed ACK: 40 ms per call (measured: 22
+/// ListOrders/s on one connection, each taking 44 ms).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Reflection that lists only what this server really serves, although the descriptor

@@ -7,6 +7,8 @@ mod r1;
 mod r2;
 mod r3;
 mod report;
+mod routes;
+mod soak;
 mod stack;
 
 use std::path::PathBuf;
@@ -17,10 +19,19 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "tandem-bench", about)]
 struct Args {
-    /// Experiments to run: r1 (the edge's cost), r2 (sync lag), r3 (ApplyUserContact
-    /// at 10k vs 1M orders).
-    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3")]
+    /// Experiments to run: r1 (the edge's cost, also with the edge on a CPU of its own),
+    /// r2 (sync lag), r3 (ApplyUserContact at 10k vs 1M orders), routes (every REST route
+    /// under wrk), soak (memory over a long steady load).
+    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3,routes,soak")]
     only: Vec<String>,
+
+    /// Minutes of the soak.
+    #[arg(long, default_value_t = 10.0)]
+    soak_minutes: f64,
+
+    /// Connection counts of the per-route runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    route_connections: Vec<usize>,
 
     /// Updates per second of the sync-lag run.
     #[arg(long, default_value_t = 200.0)]
@@ -54,8 +65,11 @@ async fn main() -> anyhow::Result<()> {
     let mut report = report::Report {
         machine: report::Machine::read(),
         r1: None,
-        r2: None,
+        r1_pinned: None,
+        r2: Vec::new(),
         r3: None,
+        routes: None,
+        soak: None,
     };
     if args.only.iter().any(|e| e == "r1") {
         let settings = r1::Settings {
@@ -63,17 +77,39 @@ async fn main() -> anyhow::Result<()> {
             warmup: duration / 5,
             duration,
             rounds: args.rounds.max(1),
+            pin: None,
+            reads_only: false,
         };
         report.r1 = Some(r1::run(&settings).await?);
+        if report.machine.cores >= 2 {
+            let pinned = r1::Settings {
+                pin: Some(stack::Pinning {
+                    edge_cpu: 1,
+                    others_cpu: 0,
+                }),
+                reads_only: true,
+                ..settings
+            };
+            report.r1_pinned = Some(r1::run(&pinned).await?);
+        }
     }
     if args.only.iter().any(|e| e == "r2") {
-        let settings = r2::Settings {
-            rate: args.sync_rate,
-            duration: duration * 3,
-            users: 400,
-            orders_per_user: 5,
-        };
-        report.r2 = Some(r2::run(&settings).await?);
+        // At the bar's rate, and at twice it.
+        for rate in [args.sync_rate, args.sync_rate * 2.0] {
+            let settings = r2::Settings {
+                rate,
+                duration: duration * 3,
+                users: 400,
+                orders_per_user: 5,
+            };
+            report.r2.push(r2::run(&settings).await?);
+        }
+    }
+    if args.only.iter().any(|e| e == "routes") {
+        report.routes = Some(routes::run(&args.route_connections, duration).await?);
+    }
+    if args.only.iter().any(|e| e == "soak") {
+        report.soak = Some(soak::run(args.soak_minutes, 300.0).await?);
     }
     if args.only.iter().any(|e| e == "r3") {
         report.r3 = Some(r3::run(&args.r3_sizes, 30).await?);

@@ -74,6 +74,7 @@ pub struct Comparison {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct R1 {
+    pub pin: Option<crate::stack::Pinning>,
     pub concurrency: usize,
     pub seconds: f64,
     pub rounds: usize,
@@ -85,6 +86,11 @@ pub struct Settings {
     pub warmup: Duration,
     pub duration: Duration,
     pub rounds: usize,
+    /// The edge on a CPU of its own, everything else (the load generator included) on
+    /// another.
+    pub pin: Option<crate::stack::Pinning>,
+    /// Only the read comparison (GET vs GetUser).
+    pub reads_only: bool,
 }
 
 pub fn median(mut values: Vec<f64>) -> f64 {
@@ -258,11 +264,13 @@ async fn compare(
 pub async fn run(settings: &Settings) -> anyhow::Result<R1> {
     // P = 100: the edge sends every user call to v1, the flavor gRPC is compared with.
     let stack = Stack::start(crate::stack::Options {
-        p: 100,
-        sync: false,
-        order_db: None,
+        pin: settings.pin,
+        ..crate::stack::Options::new(100)
     })
     .await?;
+    if let Some(pin) = settings.pin {
+        crate::stack::pin_self(pin.others_cpu)?;
+    }
     let channel = Channel::from_shared(format!("http://{}", stack.user_v1))?
         .tcp_nodelay(true)
         .connect()
@@ -295,14 +303,29 @@ pub async fn run(settings: &Settings) -> anyhow::Result<R1> {
         ids: Arc::new(ids),
     };
     let mut comparisons = Vec::new();
-    for (call, name) in [
+    let calls = [
         (Call::GetUser, "GET /users/{id} vs GetUser"),
         (Call::CreateUser, "POST /users vs CreateUser"),
-    ] {
+    ];
+    let calls = if settings.reads_only {
+        &calls[..1]
+    } else {
+        &calls[..]
+    };
+    for &(call, name) in calls {
         comparisons.push(compare(&stack, &clients, call, name, settings).await);
     }
     drop(stack);
+    if settings.pin.is_some() {
+        // Back on every CPU for whatever runs next.
+        let mut all = nix::sched::CpuSet::new();
+        for cpu in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            all.set(cpu)?;
+        }
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all)?;
+    }
     Ok(R1 {
+        pin: settings.pin,
         concurrency: settings.concurrency,
         seconds: settings.duration.as_secs_f64(),
         rounds: settings.rounds,

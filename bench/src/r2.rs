@@ -91,9 +91,8 @@ async fn converged(
 pub async fn run(s: &Settings) -> anyhow::Result<R2> {
     // P = 50: both flavors, and both relays, take part.
     let stack = Stack::start(crate::stack::Options {
-        p: 50,
         sync: true,
-        order_db: None,
+        ..crate::stack::Options::new(50)
     })
     .await?;
     let http = reqwest::Client::builder()

@@ -64,8 +64,11 @@ impl Machine {
 pub struct Report {
     pub machine: Machine,
     pub r1: Option<R1>,
-    pub r2: Option<R2>,
+    pub r1_pinned: Option<R1>,
+    pub r2: Vec<R2>,
     pub r3: Option<R3>,
+    pub routes: Option<crate::routes::Routes>,
+    pub soak: Option<crate::soak::Soak>,
 }
 
 fn row(name: &str, m: &Measured) -> String {
@@ -96,118 +99,49 @@ impl Report {
             m.cpu, m.cores, m.memory_gib, m.kernel, m.rustc
         );
         if let Some(r1) = &self.r1 {
-            let _ = writeln!(out, "## R1 — the edge's cost\n");
-            let _ = writeln!(
-                out,
-                "The same calls from one load generator in one run: REST through the edge, and \
-                 gRPC straight to user-svc v1 (the edge's P = 100). Saturation: {} closed-loop \
-                 workers, {:.0} s per run. Half load: an open-loop schedule at half the median \
-                 REST maximum, latency measured from each request's scheduled start. gRPC and \
-                 REST runs alternate, {} rounds each; the figure is the median of the rounds. \
-                 Bars: throughput ratio ≥ 0.75; p99 added at half load ≤ 1 ms.\n",
-                r1.concurrency, r1.seconds, r1.rounds
-            );
-            let _ = writeln!(
-                out,
-                "| call | ratio (bar ≥ 0.75) | added p99 at half load (bar ≤ 1 ms) |"
-            );
-            let _ = writeln!(out, "|---|---|---|");
-            for c in &r1.comparisons {
-                let _ = writeln!(
-                    out,
-                    "| {} | {:.2} ({}) | {:+.2} ms ({}) |",
-                    c.call,
-                    c.throughput_ratio,
-                    verdict(c.throughput_ratio >= 0.75),
-                    c.added_p99_ms,
-                    verdict(c.added_p99_ms <= 1.0)
-                );
-            }
-            for c in &r1.comparisons {
-                let _ = writeln!(out, "\n### {}\n", c.call);
-                let _ = writeln!(out, "| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
-                let _ = writeln!(out, "|---|---|---|---|---|---|");
-                for (i, r) in c.saturation.iter().enumerate() {
-                    out.push_str(&row(&format!("round {}: gRPC, saturated", i + 1), &r.grpc));
-                    out.push_str(&row(
-                        &format!(
-                            "round {}: REST via edge, saturated (ratio {:.2})",
-                            i + 1,
-                            r.ratio
-                        ),
-                        &r.rest,
-                    ));
-                }
-                let _ = writeln!(out, "\nCPU per request, µs (user + system, per process):\n");
-                let _ = writeln!(out, "| round | gRPC run | REST run |");
-                let _ = writeln!(out, "|---|---|---|");
-                let list = |v: &[(String, f64)]| {
-                    let total: f64 = v.iter().map(|(_, us)| us).sum();
-                    let parts: Vec<String> =
-                        v.iter().map(|(n, us)| format!("{n} {us:.0}")).collect();
-                    format!("{} = **{total:.0}**", parts.join(" + "))
-                };
-                for (i, r) in c.saturation.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "| {} | {} | {} |",
-                        i + 1,
-                        list(&r.grpc_cpu_us),
-                        list(&r.rest_cpu_us)
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "\n| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |"
-                );
-                let _ = writeln!(out, "|---|---|---|---|---|---|");
-                for (i, r) in c.half_load.iter().enumerate() {
-                    out.push_str(&row(
-                        &format!("round {}: gRPC at {:.0} req/s", i + 1, c.half_load_rate),
-                        &r.grpc,
-                    ));
-                    out.push_str(&row(
-                        &format!(
-                            "round {}: REST at {:.0} req/s (p99 {:+.2} ms)",
-                            i + 1,
-                            c.half_load_rate,
-                            r.added_p99_ms
-                        ),
-                        &r.rest,
-                    ));
-                }
-            }
+            render_r1(&mut out, r1, "R1 — the edge's cost");
         }
-        if let Some(r2) = &self.r2 {
+        if let Some(r1) = &self.r1_pinned {
+            render_r1(&mut out, r1, "R1 again, with the edge on a CPU of its own");
+        }
+        if let Some(first) = self.r2.first() {
             let _ = writeln!(out, "\n## R2 — sync lag\n");
             let _ = writeln!(
                 out,
-                "{} updates of {} users (each with {} orders) at {:.0} updates/s through the \
-                 edge (P = 50, so both flavors and both outbox relays work), for {:.0} s. Lag: \
-                 from each PUT answered to every order of that user showing the new email, \
-                 checked every {:.0} ms over gRPC. Bar: p99 ≤ 100 ms.\n",
-                r2.updates, r2.users, r2.orders_per_user, r2.rate, r2.seconds, r2.poll_ms
+                "Updates of {} users (each with {} orders) through the edge (P = 50, so both \
+                 flavors and both outbox relays work), {:.0} s per rate. Lag: from each PUT \
+                 answered to every order of that user showing the new email, checked every \
+                 {:.0} ms over gRPC. The worker's own measure is its `sync_lag_seconds` \
+                 histogram (a change's commit to its application). Bar: p99 ≤ 100 ms at 200 \
+                 updates/s.\n",
+                first.users, first.orders_per_user, first.seconds, first.poll_ms
             );
             let _ = writeln!(
                 out,
-                "| p50 ms | p99 ms (bar ≤ 100) | p99.9 ms | max ms | not converged in 10 s |"
+                "| updates/s | updates | p50 ms | p99 ms | p99.9 ms | max ms | not converged in 10 s | worker's mean ms |"
             );
-            let _ = writeln!(out, "|---|---|---|---|---|");
-            let _ = writeln!(
-                out,
-                "| {:.1} | {:.1} ({}) | {:.1} | {:.1} | {} |",
-                r2.p50_ms,
-                r2.p99_ms,
-                verdict(r2.p99_ms <= 100.0 && r2.not_converged == 0),
-                r2.p999_ms,
-                r2.max_ms,
-                r2.not_converged
-            );
-            if let Some(mean) = r2.worker_mean_lag_ms {
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+            for r2 in &self.r2 {
+                let bar = if (r2.rate - 200.0).abs() < 1e-9 {
+                    format!(
+                        " ({})",
+                        verdict(r2.p99_ms <= 100.0 && r2.not_converged == 0)
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     out,
-                    "\nThe worker's own measure (commit of the change to its application, its \
-                     `sync_lag_seconds` histogram): mean {mean:.1} ms."
+                    "| {:.0} | {} | {:.1} | {:.1}{bar} | {:.1} | {:.1} | {} | {} |",
+                    r2.rate,
+                    r2.updates,
+                    r2.p50_ms,
+                    r2.p99_ms,
+                    r2.p999_ms,
+                    r2.max_ms,
+                    r2.not_converged,
+                    r2.worker_mean_lag_ms
+                        .map_or("-".to_owned(), |m| format!("{m:.1}"))
                 );
             }
         }
@@ -237,6 +171,144 @@ impl Report {
                 verdict(r3.ratio <= 1.5)
             );
         }
+        if let Some(routes) = &self.routes {
+            let _ = writeln!(out, "\n## Every REST route under load\n");
+            let _ = writeln!(
+                out,
+                "wrk (2 threads; 1 for one connection) against the edge, {:.0} s per run, P = 50, the sync worker \
+                 running (contact changes produce events). Latency from wrk's histogram.\n",
+                routes.seconds
+            );
+            let _ = writeln!(
+                out,
+                "| route | connections | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | socket errors |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+            for r in &routes.runs {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                    r.route,
+                    r.connections,
+                    r.throughput,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.p999_ms,
+                    r.non_2xx,
+                    r.socket_errors
+                );
+            }
+        }
+        if let Some(soak) = &self.soak {
+            let _ = writeln!(out, "\n## Soak — memory over time\n");
+            let _ = writeln!(
+                out,
+                "{:.0} minutes at {:.0} requests/s (70 % reads, 20 % contact changes, 10 % \
+                 orders): {} requests, {} errors. Resident memory of each process after one \
+                 minute and at the end:\n",
+                soak.minutes, soak.rate, soak.requests, soak.errors
+            );
+            let _ = writeln!(out, "| process | MiB at 1 min | MiB at the end | change |");
+            let _ = writeln!(out, "|---|---|---|---|");
+            for (name, first, last) in &soak.memory {
+                let _ = writeln!(
+                    out,
+                    "| {name} | {first:.1} | {last:.1} | {:+.1} |",
+                    last - first
+                );
+            }
+        }
         out
+    }
+}
+
+fn render_r1(out: &mut String, r1: &R1, title: &str) {
+    let _ = writeln!(out, "\n## {title}\n");
+    let _ = writeln!(
+        out,
+        "The same calls from one load generator in one run: REST through the edge, and \
+                 gRPC straight to user-svc v1 (the edge's P = 100). Saturation: {} closed-loop \
+                 workers, {:.0} s per run. Half load: an open-loop schedule at half the median \
+                 REST maximum, latency measured from each request's scheduled start. gRPC and \
+                 REST runs alternate, {} rounds each; the figure is the median of the rounds. \
+                 Bars: throughput ratio ≥ 0.75; p99 added at half load ≤ 1 ms.\n",
+        r1.concurrency, r1.seconds, r1.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| call | ratio (bar ≥ 0.75) | added p99 at half load (bar ≤ 1 ms) |"
+    );
+    let _ = writeln!(out, "|---|---|---|");
+    for c in &r1.comparisons {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} ({}) | {:+.2} ms ({}) |",
+            c.call,
+            c.throughput_ratio,
+            verdict(c.throughput_ratio >= 0.75),
+            c.added_p99_ms,
+            verdict(c.added_p99_ms <= 1.0)
+        );
+    }
+    for c in &r1.comparisons {
+        let _ = writeln!(out, "\n### {}\n", c.call);
+        let _ = writeln!(out, "| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for (i, r) in c.saturation.iter().enumerate() {
+            out.push_str(&row(&format!("round {}: gRPC, saturated", i + 1), &r.grpc));
+            out.push_str(&row(
+                &format!(
+                    "round {}: REST via edge, saturated (ratio {:.2})",
+                    i + 1,
+                    r.ratio
+                ),
+                &r.rest,
+            ));
+        }
+        let _ = writeln!(out, "\nCPU per request, µs (user + system, per process):\n");
+        let _ = writeln!(out, "| round | gRPC run | REST run |");
+        let _ = writeln!(out, "|---|---|---|");
+        let list = |v: &[(String, f64)]| {
+            let total: f64 = v.iter().map(|(_, us)| us).sum();
+            let parts: Vec<String> = v.iter().map(|(n, us)| format!("{n} {us:.0}")).collect();
+            format!("{} = **{total:.0}**", parts.join(" + "))
+        };
+        for (i, r) in c.saturation.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                i + 1,
+                list(&r.grpc_cpu_us),
+                list(&r.rest_cpu_us)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for (i, r) in c.half_load.iter().enumerate() {
+            out.push_str(&row(
+                &format!("round {}: gRPC at {:.0} req/s", i + 1, c.half_load_rate),
+                &r.grpc,
+            ));
+            out.push_str(&row(
+                &format!(
+                    "round {}: REST at {:.0} req/s (p99 {:+.2} ms)",
+                    i + 1,
+                    c.half_load_rate,
+                    r.added_p99_ms
+                ),
+                &r.rest,
+            ));
+        }
+    }
+    if let Some(pin) = r1.pin {
+        let _ = writeln!(
+            out,
+            "\nPinned: the edge alone on CPU {}, user-svc, order-svc and the load generator on CPU {} \
+             (taskset / sched_setaffinity), as when the edge runs on cores or hosts of its own.",
+            pin.edge_cpu, pin.others_cpu
+        );
     }
 }

@@ -27,6 +27,33 @@ pub struct Options {
     pub sync: bool,
     /// Serve orders from this SQLite file instead of a fresh one.
     pub order_db: Option<PathBuf>,
+    /// Pin the edge to one CPU and every other process (this one included) to another.
+    pub pin: Option<Pinning>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Pinning {
+    pub edge_cpu: usize,
+    pub others_cpu: usize,
+}
+
+impl Options {
+    pub fn new(p: u8) -> Options {
+        Options {
+            p,
+            sync: false,
+            order_db: None,
+            pin: None,
+        }
+    }
+}
+
+/// Pins the calling process (the load generator) to `cpu`.
+pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
 }
 
 impl Stack {
@@ -51,8 +78,23 @@ impl Stack {
             ("AMQP_DEAD_LETTER", topology.dead_letter.clone()),
         ];
         let mut procs = Vec::new();
+        let pin = options.pin;
         let mut start = |name: &str, binary: &str, env: Vec<(&str, String)>| {
-            let mut command = Command::new(bin(binary));
+            let cpu = pin.map(|p| {
+                if binary == "edge" {
+                    p.edge_cpu
+                } else {
+                    p.others_cpu
+                }
+            });
+            let mut command = match cpu {
+                Some(cpu) => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", &cpu.to_string()]).arg(bin(binary));
+                    c
+                }
+                None => Command::new(bin(binary)),
+            };
             command
                 .current_dir(dir.path())
                 .envs(common.iter().cloned())
@@ -137,6 +179,24 @@ impl Stack {
             edge,
             worker_ops,
         })
+    }
+
+    /// Resident memory of each process, in MiB.
+    pub fn memory_mib(&self) -> Vec<(String, f64)> {
+        self.procs
+            .iter()
+            .map(|p| {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))
+                    .unwrap_or_default();
+                let kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                (p.name.clone(), (kib / 1024.0 * 10.0).round() / 10.0)
+            })
+            .collect()
     }
 
     /// CPU time (user + system) each process has used so far, in seconds, with the

@@ -10,6 +10,46 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
+/// One SQLite database: a pool of connections for reads, and writes taken one at a time.
+/// SQLite has a single writer; writers of one process queue here (an async queue, in
+/// order) instead of sleeping in SQLite's busy handler, whose growing naps gave p99
+/// write latencies near a second under 16 concurrent writers (measured). The busy
+/// timeout still covers the other process on a shared file (user-svc v1 and v2).
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Database {
+    /// Runs `work` (reads only) with a pooled connection on the blocking thread pool.
+    pub async fn read<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<SqliteError> + Send + 'static,
+    {
+        run(&self.pool, work).await
+    }
+
+    /// Runs `work`, which may write, once no other write of this process is running.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<SqliteError> + Send + 'static,
+    {
+        let turn = self.writer.clone().lock_owned().await;
+        let result = run(&self.pool, work).await;
+        drop(turn);
+        result
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteError {
     #[error("sqlite connection pool: {0}")]
@@ -42,10 +82,20 @@ impl SqliteError {
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const BUSY_RETRY: Duration = Duration::from_micros(500);
+
+/// SQLite's busy handler: `attempt` counts from 0; `false` gives up (SQLITE_BUSY).
+fn retry_soon(attempt: i32) -> bool {
+    if BUSY_RETRY * attempt.max(0) as u32 >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_RETRY);
+    true
+}
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
 /// `migrations[i]` moves the schema from version `i` to `i + 1`.
-pub fn open(path: &Path, migrations: &[&str]) -> Result<Pool, SqliteError> {
+pub fn open(path: &Path, migrations: &[&str]) -> Result<Database, SqliteError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| SqliteError::Dir {
             path: dir.display().to_string(),
@@ -53,7 +103,11 @@ pub fn open(path: &Path, migrations: &[&str]) -> Result<Pool, SqliteError> {
         })?;
     }
     let manager = SqliteConnectionManager::file(path).with_init(|conn| {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // While another process holds the write lock, retry every half millisecond (up to
+        // BUSY_TIMEOUT): SQLite's own busy timeout naps 1, 2, 5 … 100 ms between tries,
+        // which leaves the lock idle for most of those naps when two processes share
+        // the file (measured: POST /users p99 133 ms with it under 16 connections).
+        conn.busy_handler(Some(retry_soon))?;
         // WAL: readers never block the writer, and two processes can share the file.
         // synchronous=FULL: a change the API acknowledged survives a power cut, not only a
         // crash; the outbox promise depends on it.
@@ -70,7 +124,11 @@ pub fn open(path: &Path, migrations: &[&str]) -> Result<Pool, SqliteError> {
         .build(manager)?;
     let mut conn = pool.get()?;
     migrate(&mut conn, migrations)?;
-    Ok(pool)
+    drop(conn);
+    Ok(Database {
+        pool,
+        writer: Default::default(),
+    })
 }
 
 /// Applies the migrations this file lacks, under a write lock, so two processes starting
@@ -88,7 +146,7 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), SqliteError
 }
 
 /// Runs `work` with a pooled connection on the blocking thread pool.
-pub async fn run<T, E, F>(pool: &Pool, work: F) -> Result<T, E>
+async fn run<T, E, F>(pool: &Pool, work: F) -> Result<T, E>
 where
     F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     T: Send + 'static,
@@ -131,8 +189,8 @@ mod tests {
         ];
         open(&path, &migrations).unwrap();
         // A second open (another process, or a restart) finds nothing to do.
-        let pool = open(&path, &migrations).unwrap();
-        let conn = pool.get().unwrap();
+        let db = open(&path, &migrations).unwrap();
+        let conn = db.pool().get().unwrap();
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
@@ -146,12 +204,12 @@ mod tests {
     #[test]
     fn unique_violations_are_recognised() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = open(
+        let db = open(
             &dir.path().join("db.sqlite"),
             &["CREATE TABLE t (x TEXT UNIQUE)"],
         )
         .unwrap();
-        let conn = pool.get().unwrap();
+        let conn = db.pool().get().unwrap();
         conn.execute("INSERT INTO t VALUES ('a')", []).unwrap();
         let err = conn.execute("INSERT INTO t VALUES ('a')", []).unwrap_err();
         assert!(is_unique_violation(&err));

@@ -9,7 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
-use tandem::storage::sqlite::{self, Pool, SqliteError};
+use tandem::storage::sqlite::{self, Database, SqliteError};
 
 use super::{
     ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome, StoreError, status_outcome,
@@ -75,14 +75,14 @@ CREATE INDEX orders_by_time ON orders (created_at, order_id);
 ];
 
 pub struct SqliteOrderStore {
-    pool: Pool,
+    db: Database,
 }
 
 impl SqliteOrderStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool =
+        let db =
             sqlite::open(path, MIGRATIONS).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { db })
     }
 }
 
@@ -90,21 +90,22 @@ impl SqliteOrderStore {
     /// Inserts many orders in one transaction: for imports and benchmarks, where one
     /// transaction per order (as `create_order` does) would take hours.
     pub async fn bulk_insert(&self, orders: Vec<Order>) -> Result<(), StoreError> {
-        sqlite::run(&self.pool, move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut insert = tx.prepare_cached(&format!(
-                    "INSERT INTO orders ({ORDER_COLUMNS}) \
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut insert = tx.prepare_cached(&format!(
+                        "INSERT INTO orders ({ORDER_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                ))?;
-                for order in &orders {
-                    insert.execute(params_from_iter(order_params(order)))?;
+                    ))?;
+                    for order in &orders {
+                        insert.execute(params_from_iter(order_params(order)))?;
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -239,24 +240,24 @@ fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreE
 impl OrderStore for SqliteOrderStore {
     async fn create_order(&self, order: &Order) -> Result<(), StoreError> {
         let order = order.clone();
-        sqlite::run(&self.pool, move |conn| {
-            conn.execute(
-                &format!(
-                    "INSERT INTO orders ({ORDER_COLUMNS}) \
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    &format!(
+                        "INSERT INTO orders ({ORDER_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                ),
-                params_from_iter(order_params(&order)),
-            )?;
-            Ok(())
-        })
-        .await
+                    ),
+                    params_from_iter(order_params(&order)),
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
-        sqlite::run(&self.pool, move |conn| {
-            load_order(conn, &order_id.to_string())
-        })
-        .await
+        self.db
+            .read(move |conn| load_order(conn, &order_id.to_string()))
+            .await
     }
 
     async fn list_orders(
@@ -265,7 +266,7 @@ impl OrderStore for SqliteOrderStore {
         after: Option<PageCursor>,
         limit: usize,
     ) -> Result<Vec<Order>, StoreError> {
-        sqlite::run(&self.pool, move |conn| {
+        self.db.read(move |conn| {
             let mut conditions = Vec::new();
             let mut values: Vec<Value> = Vec::new();
             if let Some(status) = filter.status {
@@ -307,40 +308,41 @@ impl OrderStore for SqliteOrderStore {
         status: OrderStatus,
         now: DateTime<Utc>,
     ) -> Result<StatusOutcome, StoreError> {
-        sqlite::run(&self.pool, move |conn| {
-            let id = order_id.to_string();
-            let earlier: Vec<Value> = statuses_before(status)
-                .into_iter()
-                .map(|s| Value::from(s.as_str().to_owned()))
-                .collect();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let moved = if earlier.is_empty() {
-                0
-            } else {
-                let placeholders = vec!["?"; earlier.len()].join(", ");
-                let mut values = vec![
-                    Value::from(status.as_str().to_owned()),
-                    millis(now).into(),
-                    id.clone().into(),
-                ];
-                values.extend(earlier);
-                tx.execute(
-                    &format!(
-                        "UPDATE orders SET order_status = ?, updated_at = ? \
+        self.db
+            .write(move |conn| {
+                let id = order_id.to_string();
+                let earlier: Vec<Value> = statuses_before(status)
+                    .into_iter()
+                    .map(|s| Value::from(s.as_str().to_owned()))
+                    .collect();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let moved = if earlier.is_empty() {
+                    0
+                } else {
+                    let placeholders = vec!["?"; earlier.len()].join(", ");
+                    let mut values = vec![
+                        Value::from(status.as_str().to_owned()),
+                        millis(now).into(),
+                        id.clone().into(),
+                    ];
+                    values.extend(earlier);
+                    tx.execute(
+                        &format!(
+                            "UPDATE orders SET order_status = ?, updated_at = ? \
                          WHERE order_id = ? AND order_status IN ({placeholders})"
-                    ),
-                    params_from_iter(values),
-                )?
-            };
-            let current = load_order(&tx, &id)?;
-            tx.commit()?;
-            Ok(match current {
-                None => StatusOutcome::NotFound,
-                Some(order) if moved == 1 => StatusOutcome::Moved(order),
-                Some(order) => status_outcome(order, status),
+                        ),
+                        params_from_iter(values),
+                    )?
+                };
+                let current = load_order(&tx, &id)?;
+                tx.commit()?;
+                Ok(match current {
+                    None => StatusOutcome::NotFound,
+                    Some(order) if moved == 1 => StatusOutcome::Moved(order),
+                    Some(order) => status_outcome(order, status),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn update_details(
@@ -350,42 +352,43 @@ impl OrderStore for SqliteOrderStore {
         now: DateTime<Utc>,
     ) -> Result<DetailsOutcome, StoreError> {
         let change = change.clone();
-        sqlite::run(&self.pool, move |conn| {
-            let id = order_id.to_string();
-            // IMMEDIATE: the status read below stays true until the write commits.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(mut order) = load_order(&tx, &id)? else {
-                return Ok(DetailsOutcome::NotFound);
-            };
-            if let Some(address) = &change.delivery_address {
-                if *address != order.delivery_address && order.status.address_is_history() {
-                    return Ok(DetailsOutcome::AddressIsHistory(order.status));
+        self.db
+            .write(move |conn| {
+                let id = order_id.to_string();
+                // IMMEDIATE: the status read below stays true until the write commits.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let Some(mut order) = load_order(&tx, &id)? else {
+                    return Ok(DetailsOutcome::NotFound);
+                };
+                if let Some(address) = &change.delivery_address {
+                    if *address != order.delivery_address && order.status.address_is_history() {
+                        return Ok(DetailsOutcome::AddressIsHistory(order.status));
+                    }
+                    order.delivery_address = address.clone();
                 }
-                order.delivery_address = address.clone();
-            }
-            if let Some(emails) = &change.emails {
-                order.emails = emails.clone();
-            }
-            order.updated_at = now;
-            let a = &order.delivery_address;
-            tx.execute(
-                "UPDATE orders SET emails = ?2, street = ?3, city = ?4, province = ?5, \
+                if let Some(emails) = &change.emails {
+                    order.emails = emails.clone();
+                }
+                order.updated_at = now;
+                let a = &order.delivery_address;
+                tx.execute(
+                    "UPDATE orders SET emails = ?2, street = ?3, city = ?4, province = ?5, \
                  postal_code = ?6, country = ?7, updated_at = ?8 WHERE order_id = ?1",
-                params![
-                    id,
-                    json_list(order.emails.to_strings()),
-                    a.street,
-                    a.city,
-                    a.province,
-                    a.postal_code,
-                    a.country,
-                    millis(now),
-                ],
-            )?;
-            tx.commit()?;
-            Ok(DetailsOutcome::Updated(order))
-        })
-        .await
+                    params![
+                        id,
+                        json_list(order.emails.to_strings()),
+                        a.street,
+                        a.city,
+                        a.province,
+                        a.postal_code,
+                        a.country,
+                        millis(now),
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(DetailsOutcome::Updated(order))
+            })
+            .await
     }
 
     async fn apply_user_contact(
@@ -394,7 +397,7 @@ impl OrderStore for SqliteOrderStore {
         now: DateTime<Utc>,
     ) -> Result<ApplyOutcome, StoreError> {
         let contact = contact.clone();
-        sqlite::run(&self.pool, move |conn| {
+        self.db.write(move |conn| {
             let user_id = contact.user_id.to_string();
             let a = &contact.delivery_address;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -434,11 +437,12 @@ impl OrderStore for SqliteOrderStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlite::run(&self.pool, |conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        self.db
+            .read(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -451,7 +455,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("order_db.sqlite");
         let v1 = sqlite::open(&path, &MIGRATIONS[..1]).unwrap();
-        v1.get()
+        v1.pool()
+            .get()
             .unwrap()
             .execute(
                 &format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, '[{{\"itemId\":\"t\",\"quantity\":2,\"price\":\"29.99\"}}]', '[\"a@b.co\"]', 's', 'c', 'p', 'z', 'C', 'shipping', 3, 10, 20)"),
@@ -468,7 +473,8 @@ mod tests {
         );
         assert_eq!(order.items[0].price.to_string(), "29.99");
         let plan: String = store
-            .pool
+            .db
+            .pool()
             .get()
             .unwrap()
             .query_row(

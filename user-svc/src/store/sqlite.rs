@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tandem::domain::{Address, EmailList, UserId};
-use tandem::storage::sqlite::{self, Pool, SqliteError, is_unique_violation};
+use tandem::storage::sqlite::{self, Database, SqliteError, is_unique_violation};
 
 use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
 use crate::model::{ContactChange, User};
@@ -57,14 +57,14 @@ CREATE INDEX outbox_due ON outbox (lease_until, seq);
 "#];
 
 pub struct SqliteUserStore {
-    pool: Pool,
+    db: Database,
 }
 
 impl SqliteUserStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool =
+        let db =
             sqlite::open(path, MIGRATIONS).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { db })
     }
 }
 
@@ -169,11 +169,12 @@ fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxEvent> {
 impl UserStore for SqliteUserStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let user = user.clone();
-        sqlite::run(&self.pool, move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let id = user.user_id.to_string();
-            let a = &user.delivery_address;
-            tx.execute(
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let id = user.user_id.to_string();
+                let a = &user.delivery_address;
+                tx.execute(
                 "INSERT INTO users (user_id, first_name, last_name, phone_number, emails, street, \
                  city, province, postal_code, country, contact_version, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -193,52 +194,52 @@ impl UserStore for SqliteUserStore {
                     user.updated_at.map(millis),
                 ],
             )?;
-            claim_emails(&tx, &id, &user.emails)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+                claim_emails(&tx, &id, &user.emails)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_user(&self, user_id: UserId) -> Result<Option<User>, StoreError> {
-        sqlite::run(&self.pool, move |conn| {
-            load_user(conn, &user_id.to_string())
-        })
-        .await
+        self.db
+            .read(move |conn| load_user(conn, &user_id.to_string()))
+            .await
     }
 
     async fn update_contact(&self, change: &ContactChange) -> Result<User, StoreError> {
         let change = change.clone();
-        sqlite::run(&self.pool, move |conn| {
-            // IMMEDIATE takes the write lock up front: the read below cannot go stale.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let id = change.user_id.to_string();
-            let current = load_user(&tx, &id)?.ok_or(StoreError::NotFound)?;
-            if let Some(emails) = &change.emails {
-                tx.execute("DELETE FROM user_emails WHERE user_id = ?1", [&id])?;
-                claim_emails(&tx, &id, emails)?;
-            }
-            let user = change.apply_to(current);
-            let a = &user.delivery_address;
-            tx.execute(
-                "UPDATE users SET emails = ?2, street = ?3, city = ?4, province = ?5, \
+        self.db
+            .write(move |conn| {
+                // IMMEDIATE takes the write lock up front: the read below cannot go stale.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let id = change.user_id.to_string();
+                let current = load_user(&tx, &id)?.ok_or(StoreError::NotFound)?;
+                if let Some(emails) = &change.emails {
+                    tx.execute("DELETE FROM user_emails WHERE user_id = ?1", [&id])?;
+                    claim_emails(&tx, &id, emails)?;
+                }
+                let user = change.apply_to(current);
+                let a = &user.delivery_address;
+                tx.execute(
+                    "UPDATE users SET emails = ?2, street = ?3, city = ?4, province = ?5, \
                  postal_code = ?6, country = ?7, contact_version = ?8, updated_at = ?9 \
                  WHERE user_id = ?1",
-                params![
-                    id,
-                    emails_json(&user.emails),
-                    a.street,
-                    a.city,
-                    a.province,
-                    a.postal_code,
-                    a.country,
-                    user.contact_version,
-                    user.updated_at.map(millis),
-                ],
-            )?;
-            let event =
-                OutboxEvent::for_user(&user, tandem::domain::now(), change.request_id.clone());
-            tx.execute(
+                    params![
+                        id,
+                        emails_json(&user.emails),
+                        a.street,
+                        a.city,
+                        a.province,
+                        a.postal_code,
+                        a.country,
+                        user.contact_version,
+                        user.updated_at.map(millis),
+                    ],
+                )?;
+                let event =
+                    OutboxEvent::for_user(&user, tandem::domain::now(), change.request_id.clone());
+                tx.execute(
                 "INSERT INTO outbox (event_id, user_id, version, payload, request_id, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -250,10 +251,10 @@ impl UserStore for SqliteUserStore {
                     millis(event.created_at),
                 ],
             )?;
-            tx.commit()?;
-            Ok(user)
-        })
-        .await
+                tx.commit()?;
+                Ok(user)
+            })
+            .await
     }
 
     async fn claim_outbox(
@@ -263,7 +264,7 @@ impl UserStore for SqliteUserStore {
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         let owner = owner.to_owned();
-        sqlite::run(&self.pool, move |conn| {
+        self.db.write(move |conn| {
             let now = tandem::domain::now();
             // Relays poll often; a plain read first keeps an empty outbox from taking the
             // write lock the API needs.
@@ -300,59 +301,63 @@ impl UserStore for SqliteUserStore {
 
     async fn complete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError> {
         let ids = event_ids.to_vec();
-        sqlite::run(&self.pool, move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
-                for id in &ids {
-                    delete.execute([id])?;
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
+                    for id in &ids {
+                        delete.execute([id])?;
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
     async fn release_outbox(&self, owner: &str, event_ids: &[String]) -> Result<(), StoreError> {
         let ids = event_ids.to_vec();
         let owner = owner.to_owned();
-        sqlite::run(&self.pool, move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut release = tx.prepare_cached(
-                    "UPDATE outbox SET lease_owner = NULL, lease_until = 0 \
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut release = tx.prepare_cached(
+                        "UPDATE outbox SET lease_owner = NULL, lease_until = 0 \
                      WHERE event_id = ?1 AND lease_owner = ?2",
-                )?;
-                for id in &ids {
-                    release.execute(params![id, owner])?;
+                    )?;
+                    for id in &ids {
+                        release.execute(params![id, owner])?;
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        sqlite::run(&self.pool, |conn| {
-            let (pending, oldest): (i64, Option<i64>) =
-                conn.query_row("SELECT count(*), min(created_at) FROM outbox", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
-            Ok(OutboxStats {
-                pending: pending.max(0) as u64,
-                oldest: from_millis(oldest),
+        self.db
+            .read(|conn| {
+                let (pending, oldest): (i64, Option<i64>) =
+                    conn.query_row("SELECT count(*), min(created_at) FROM outbox", [], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?;
+                Ok(OutboxStats {
+                    pending: pending.max(0) as u64,
+                    oldest: from_millis(oldest),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlite::run(&self.pool, |conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        self.db
+            .read(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await
     }
 }
