@@ -122,6 +122,25 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
         &["tandem.user.v1.UserService/GetUser"],
     );
     assert!(fetched.contains(&user_id), "{fetched}");
+    let order = format!(
+        r#"{{"userId":"{user_id}","items":[{{"itemId":"Chair","quantity":2,"price":{{"value":"15.99"}}}}],"emails":["a@b.co"],"deliveryAddress":{{"street":"1 A St","city":"Ottawa","province":"ON","postalCode":"K1A","country":"Canada"}}}}"#
+    );
+    grpcurl(
+        &["-d", &order],
+        &stack.orders,
+        &["tandem.order.v1.OrderService/CreateOrder"],
+    );
+    let list = format!(r#"{{"userId":"{user_id}","orderStatus":"ORDER_STATUS_UNDER_PROCESS"}}"#);
+    let listed = grpcurl(
+        &["-d", &list],
+        &stack.orders,
+        &["tandem.order.v1.OrderService/ListOrders"],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed["orders"][0]["items"][0]["price"]["value"], "15.99",
+        "{listed}"
+    );
 
     // Python stubs generated from proto/ by grpcio-tools.
     let stubs = dir.path().join("py");
