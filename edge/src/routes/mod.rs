@@ -39,7 +39,11 @@ use crate::error::ApiError;
         (name = "orders", description = "Orders, served by order-svc"),
         (name = "operations", description = "Health, metrics and the routing dial"),
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::FieldError))
+    components(schemas(
+        crate::error::ErrorBody,
+        crate::error::FieldError,
+        users::UserVersion
+    ))
 )]
 struct ApiDoc;
 

@@ -75,7 +75,7 @@ fn user_or_internal(user: Option<tandem::proto::user::v1::User>) -> Result<UserV
     path = "/users",
     tag = "users",
     request_body = CreateUserInput,
-    params(("X-User-Version" = Option<UserVersion>, Header, description = "Force a flavor")),
+    params(("X-User-Version" = Option<UserVersion>, Header, nullable = false, description = "Force a flavor")),
     responses(
         (status = 201, description = "Created", body = UserEnvelope,
             headers(("Location" = String, description = "/users/{userId}"),
@@ -129,7 +129,7 @@ pub async fn create_user(
     tag = "users",
     params(
         ("userId" = uuid::Uuid, Path, description = "The user's id"),
-        ("X-User-Version" = Option<UserVersion>, Header, description = "Force a flavor"),
+        ("X-User-Version" = Option<UserVersion>, Header, nullable = false, description = "Force a flavor"),
     ),
     responses(
         (status = 200, description = "The user", body = UserEnvelope,
@@ -175,7 +175,7 @@ pub async fn get_user(
     request_body = ContactInput,
     params(
         ("userId" = uuid::Uuid, Path, description = "The user's id"),
-        ("X-User-Version" = Option<UserVersion>, Header, description = "Force a flavor"),
+        ("X-User-Version" = Option<UserVersion>, Header, nullable = false, description = "Force a flavor"),
     ),
     responses(
         (status = 200, description = "The user after the change", body = UserAfterEnvelope,
