@@ -155,6 +155,9 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
     Ok(())
 }
 
+/// The broker of a development machine: the local RabbitMQ with its guest account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// How long to wait for the broker to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// AMQP heartbeat: a silent broker is noticed within about two of these.

@@ -199,6 +199,57 @@ pub async fn wait_serving(addr: &str, timeout: Duration) {
     .await
 }
 
+/// Deletes a test run's exchanges and queues, and whatever messages they still hold.
+/// Every test and benchmark run declares a topology of its own, durable like production's;
+/// without this each run left its queues behind, and a long-lived broker collected hundreds
+/// of them. Call it after the processes that redeclare the topology have stopped. Blocking
+/// (it runs on a thread of its own), so `Drop` can call it; best effort, with a note on
+/// stderr when the broker cannot be reached.
+pub fn remove_topology(amqp_url: &str, topology: &crate::messaging::Topology) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let name = topology.queue.clone();
+    let (url, topology) = (amqp_url.to_owned(), topology.clone());
+    let removal = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let work = async {
+                let connection = crate::messaging::connect(&url, "tandem-test-cleanup")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for queue in [&topology.queue, &topology.dead_letter] {
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                for exchange in [&topology.exchange, &topology.dead_letter] {
+                    channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let _ = connection.close(200, "cleaned up".into()).await;
+                Ok::<(), String>(())
+            };
+            tokio::time::timeout(Duration::from_secs(15), work)
+                .await
+                .map_err(|_| "the broker did not answer within 15 s".to_owned())?
+        })
+    });
+    match removal.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("could not remove test topology {name}: {e}"),
+        Err(_) => eprintln!("removing test topology {name} panicked"),
+    }
+}
+
 /// A TCP proxy that can cut the line: tests put it between a process and RabbitMQ (or
 /// any server) to make that server vanish and come back without touching the real one,
 /// which other tests share.

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tandem::messaging::Topology;
-use tandem::testing::{Proc, bin, eventually, free_port, wait_serving};
+use tandem::testing::{Proc, bin, eventually, free_port, remove_topology, wait_serving};
 
 pub struct Stack {
     /// Held so the data directory lives as long as the stack.
@@ -18,6 +18,18 @@ pub struct Stack {
     /// http://127.0.0.1:PORT of the edge.
     pub edge: String,
     pub worker_ops: Option<String>,
+    topology: Topology,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // The processes first, or a relay or worker would declare the topology again.
+        self.procs.clear();
+        // The services were started with the environment's AMQP_URL, or their default.
+        let url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| tandem::messaging::DEFAULT_AMQP_URL.to_owned());
+        remove_topology(&url, &self.topology);
+    }
 }
 
 pub struct Options {
@@ -178,6 +190,7 @@ impl Stack {
             orders,
             edge,
             worker_ops,
+            topology,
         })
     }
 

@@ -13,7 +13,9 @@ use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem::proto::order::v1::{CreateOrderRequest, ListOrdersRequest, OrderItem, OrderStatus};
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
 use tandem::proto::user::v1::{CreateUserRequest, UpdateUserContactRequest};
-use tandem::testing::{ChaosProxy, Proc, bin, eventually, free_port, wait_serving};
+use tandem::testing::{
+    ChaosProxy, Proc, bin, eventually, free_port, remove_topology, wait_serving,
+};
 use tonic::transport::Channel;
 
 use super::{PbAddress, address};
@@ -58,6 +60,19 @@ fn topology_args(t: &Topology) -> Vec<String> {
         "--amqp-dead-letter".into(),
         t.dead_letter.clone(),
     ]
+}
+
+impl Drop for SyncStack {
+    fn drop(&mut self) {
+        // The processes first: a relay or worker still running would declare the
+        // topology again.
+        drop(self.edge.take());
+        drop(self.worker.take());
+        drop(self.user_svc.take());
+        drop(self.user_svc_v2.take());
+        drop(self.order_svc.take());
+        remove_topology(&amqp_url(RABBITMQ.parse().unwrap()), &self.topology);
+    }
 }
 
 impl SyncStack {

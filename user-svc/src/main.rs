@@ -36,7 +36,7 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = tandem::messaging::DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     amqp: String,
