@@ -98,12 +98,7 @@ pub(crate) async fn session(
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
             reason = &mut lost => break SessionEnd::Lost(reason),
             delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => {
-                    let ctx = ctx.clone();
-                    let dead_letters = dead_letters.clone();
-                    let abandon = abandon.clone();
-                    in_hand.spawn(async move { handle(&ctx, &dead_letters, delivery, &abandon).await });
-                }
+                Some(Ok(delivery)) => take(&mut in_hand, ctx, &dead_letters, &abandon, delivery),
                 Some(Err(e)) => break SessionEnd::Lost(format!("consumer failed: {e}")),
                 None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
             },
@@ -112,12 +107,29 @@ pub(crate) async fn session(
     };
     ctx.metrics.connected.set(0);
     if let SessionEnd::Shutdown = end {
-        // Stop taking messages, then finish those in hand (for a while).
+        // Stop the broker sending more, then finish everything it already sent (for a
+        // while): those in hand, and those still in the client's buffer, which would
+        // otherwise go back to the queue marked redelivered. The stream ends once the
+        // broker confirms the cancel, after the last delivery it sent.
         let _ = channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await;
+        tracing::info!(
+            in_hand = in_hand.len(),
+            timeout = ?ctx.config.drain_timeout,
+            "stopping: finishing the deliveries in hand"
+        );
         let drained = tokio::time::timeout(ctx.config.drain_timeout, async {
-            while in_hand.join_next().await.is_some() {}
+            let mut sent = true;
+            while sent || !in_hand.is_empty() {
+                tokio::select! {
+                    delivery = consumer.next(), if sent => match delivery {
+                        Some(Ok(delivery)) => take(&mut in_hand, ctx, &dead_letters, &abandon, delivery),
+                        _ => sent = false,
+                    },
+                    Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
+                }
+            }
         })
         .await;
         if drained.is_err() {
@@ -137,6 +149,18 @@ pub(crate) async fn session(
         in_hand.abort_all();
     }
     end
+}
+
+/// Starts handling a delivery alongside the others in hand.
+fn take(
+    in_hand: &mut JoinSet<()>,
+    ctx: &Arc<Context>,
+    dead_letters: &Channel,
+    abandon: &CancellationToken,
+    delivery: Delivery,
+) {
+    let (ctx, dead_letters, abandon) = (ctx.clone(), dead_letters.clone(), abandon.clone());
+    in_hand.spawn(async move { handle(&ctx, &dead_letters, delivery, &abandon).await });
 }
 
 /// Handles one delivery: exactly one of ack, dead-letter, or hand back.
