@@ -51,13 +51,19 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// A wrk script that sends `method path` with `body`; `{n}` in either becomes a number
+/// A wrk script that sends `method path` with `body`; `{n}` in either becomes a token
 /// unique to the request, `{id}` one of `ids` in turn.
+///
+/// wrk never seeds Lua's `math.random`, so every run repeats the same sequence: the token
+/// starts with a nonce unique to this script, or a second run would reuse the first run's
+/// emails and measure 409s.
 fn script(method: &str, path: &str, body: &str, ids: &[String]) -> String {
     let ids_lua: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
     format!(
         r#"
 local ids = {{{ids}}}
+local nonce = "{nonce}"
 local thread_no = 0
 threads = {{}}
 setup = function(thread)
@@ -68,7 +74,7 @@ end
 local n = 0
 request = function()
   n = n + 1
-  local unique = tostring(tid or 0) .. "x" .. tostring(n) .. "x" .. tostring(math.random(1, 1000000000))
+  local unique = nonce .. "x" .. tostring(tid or 0) .. "x" .. tostring(n)
   local id = ids[(n % #ids) + 1] or ""
   local p = string.gsub(string.gsub({path:?}, "{{n}}", unique), "{{id}}", id)
   local b = string.gsub(string.gsub({body:?}, "{{n}}", unique), "{{id}}", id)
@@ -115,7 +121,13 @@ fn run_wrk(
                 String::from_utf8_lossy(&output.stderr)
             )
         })?;
-    Ok(serde_json::from_str(line)?)
+    let mut result: serde_json::Value = serde_json::from_str(line)?;
+    // The first failure is on a line of its own: a response body is not safe to splice
+    // into the JSON line from Lua.
+    if let Some(sample) = text.lines().find_map(|l| l.strip_prefix("SAMPLE ")) {
+        result["sample"] = serde_json::Value::String(sample.to_owned());
+    }
+    Ok(result)
 }
 
 pub async fn run(levels: &[usize], duration: Duration) -> anyhow::Result<Routes> {
