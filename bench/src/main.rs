@@ -37,6 +37,10 @@ struct Args {
     #[arg(long, default_value_t = 200.0)]
     sync_rate: f64,
 
+    /// The sync-lag run watches one update in this many until its orders show it.
+    #[arg(long, default_value_t = 4)]
+    sync_sample: u64,
+
     /// Total orders of the R3 runs.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     r3_sizes: Vec<usize>,
@@ -101,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: duration * 3,
                 users: 400,
                 orders_per_user: 5,
+                sample_every: args.sync_sample.max(1),
             };
             report.r2.push(r2::run(&settings).await?);
         }
