@@ -172,10 +172,13 @@ impl Upstreams {
     }
 
     /// What a failed call means for the edge's client. tonic reports failures of the call
-    /// itself (not statuses the service sent) as CANCELLED or UNKNOWN with the cause as
-    /// the status's source: a deadline that ran out (the edge's timer or the service's,
-    /// which gets the deadline in `grpc-timeout`) is DEADLINE_EXCEEDED; a connection that
-    /// broke mid-call (the service died or is shutting down) is UNAVAILABLE.
+    /// itself (not statuses the service sent) as CANCELLED, UNKNOWN or INTERNAL with the
+    /// cause as the status's source (INTERNAL is its reading of an HTTP/2 stream reset,
+    /// which a service shutting down sends to calls it will not finish): a deadline that
+    /// ran out (the edge's timer or the service's, which gets the deadline in
+    /// `grpc-timeout`) is DEADLINE_EXCEEDED; a connection or stream that broke mid-call
+    /// (the service died or is shutting down) is UNAVAILABLE. A status the service sent
+    /// itself has no source and passes unchanged.
     fn as_seen_by_clients(&self, status: Status, started: Instant) -> Status {
         let local = std::error::Error::source(&status).is_some();
         let timed_out = started.elapsed() + Duration::from_millis(50) >= self.timeout
@@ -185,7 +188,7 @@ impl Upstreams {
                 Status::deadline_exceeded("the upstream did not answer in time")
             }
             Code::Cancelled => Status::unavailable("the upstream went away during the call"),
-            Code::Unknown if local => {
+            Code::Unknown | Code::Internal if local => {
                 tracing::warn!(error = ?status, "upstream connection failed during a call");
                 Status::unavailable("the connection to the upstream failed during the call")
             }
