@@ -38,7 +38,7 @@ struct Args {
     sync_rate: f64,
 
     /// The sync-lag run watches one update in this many until its orders show it.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 10)]
     sync_sample: u64,
 
     /// Total orders of the R3 runs.
