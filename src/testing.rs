@@ -155,6 +155,12 @@ impl Proc {
         self.wait(timeout).await
     }
 
+    /// Sends SIGKILL, as a crash would, and waits until the process is gone.
+    pub async fn kill(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait(Duration::from_secs(10)).await
+    }
+
     pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let name = self.name.clone();
         eventually(timeout, &format!("{name} to exit"), || {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use support::sync::*;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -144,13 +143,7 @@ async fn a_user_flavor_killed_mid_load_costs_no_read_and_no_later_write() {
         })
     };
     progressed(&done, 200).await;
-    stack.user_svc.as_ref().unwrap().signal(Signal::SIGKILL);
-    stack
-        .user_svc
-        .as_mut()
-        .unwrap()
-        .wait(Duration::from_secs(10))
-        .await;
+    stack.user_svc.as_mut().unwrap().kill().await;
     // Writes that were in flight at the kill may answer 503 (they might have run; the edge
     // does not repeat them). From here on, v1 refuses connections and every request
     // fails over to v2.

@@ -35,6 +35,24 @@ async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
 /// Publishes a raw body to the stack's events exchange, as a misbehaving or old producer
 /// would.
 async fn publish_raw(stack: &SyncStack, body: &[u8], message_id: &str) {
+    publish_to(
+        stack,
+        &stack.topology.exchange,
+        body,
+        message_id,
+        Some("rid-raw"),
+    )
+    .await;
+}
+
+/// Publishes a body to one of the stack's exchanges and waits for the broker's confirm.
+async fn publish_to(
+    stack: &SyncStack,
+    exchange: &str,
+    body: &[u8],
+    message_id: &str,
+    request_id: Option<&str>,
+) {
     let (_connection, channel) = broker_channel().await;
     tandem::messaging::declare(&channel, &stack.topology)
         .await
@@ -45,11 +63,11 @@ async fn publish_raw(stack: &SyncStack, body: &[u8], message_id: &str) {
         .unwrap();
     channel
         .basic_publish(
-            stack.topology.exchange.as_str().into(),
+            exchange.into(),
             "user.updated".into(),
             BasicPublishOptions::default(),
             body,
-            tandem::messaging::event_properties(message_id, Some("rid-raw"), "test"),
+            tandem::messaging::event_properties(message_id, request_id, "test"),
         )
         .await
         .unwrap()
@@ -90,13 +108,7 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     for step in 0..150 {
         if step == 50 {
             // Mid-stream, some deliveries in hand and unacknowledged.
-            stack.worker.as_ref().unwrap().signal(Signal::SIGKILL);
-            stack
-                .worker
-                .as_mut()
-                .unwrap()
-                .wait(Duration::from_secs(10))
-                .await;
+            stack.worker.as_mut().unwrap().kill().await;
         }
         if step == 100 {
             stack.start_worker().await;
@@ -281,27 +293,15 @@ async fn dead_letters_can_be_replayed_once_fixed() {
     let expected_before = stack.seed(1, 2).await;
     let user_id = expected_before.keys().next().unwrap().clone();
     // A good event that was dead-lettered earlier (say, while order-svc refused it).
-    let (_connection, channel) = broker_channel().await;
-    tandem::messaging::declare(&channel, &stack.topology)
-        .await
-        .unwrap();
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
     let good = event(&user_id, 7, "replayed@x.io", "7 Replay Rd");
-    channel
-        .basic_publish(
-            stack.topology.dead_letter.as_str().into(),
-            "user.updated".into(),
-            BasicPublishOptions::default(),
-            good.to_json().as_bytes(),
-            tandem::messaging::event_properties(&good.event_id, None, "test"),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_to(
+        &stack,
+        &stack.topology.dead_letter,
+        good.to_json().as_bytes(),
+        &good.event_id,
+        None,
+    )
+    .await;
 
     let out = stack.worker_command(&["dlq", "replay"]);
     assert!(
@@ -536,13 +536,7 @@ async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
     }
     metric_at_least(&stack.user_ops, "tandem_user_outbox_pending", 5.0).await;
     // …and user-svc dies before it could publish them.
-    stack.user_svc.as_ref().unwrap().signal(Signal::SIGKILL);
-    stack
-        .user_svc
-        .as_mut()
-        .unwrap()
-        .wait(Duration::from_secs(10))
-        .await;
+    stack.user_svc.as_mut().unwrap().kill().await;
     stack.proxy.restore();
     stack.start_user_svc().await;
     stack.wait_converged(&expected, CONVERGE).await;
