@@ -150,9 +150,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
         ..crate::stack::Options::new(50)
     })
     .await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = Stack::http_client()?;
     let mut users = Vec::new();
     eprintln!(
         "R2: seeding {} users with {} orders each",
@@ -160,18 +158,9 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
     );
     for i in 0..s.users {
         let email = format!("lag{i}.{}@bench.example", uuid::Uuid::new_v4().simple());
-        let body = serde_json::json!({"emails": [email], "deliveryAddress": address("1 Seed St")});
-        let reply: serde_json::Value = http
-            .post(format!("{}/users", stack.edge))
-            .json(&body)
-            .send()
-            .await?
-            .json()
+        let id = stack
+            .create_user(&http, &email, address("1 Seed St"))
             .await?;
-        let id = reply["user"]["userId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
         for _ in 0..s.orders_per_user {
             let order = serde_json::json!({
                 "userId": id, "items": [{"itemId": "thing", "quantity": 1, "price": 9.99}],

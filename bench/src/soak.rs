@@ -29,25 +29,11 @@ pub async fn run(minutes: f64, rate: f64) -> anyhow::Result<Soak> {
         ..crate::stack::Options::new(50)
     })
     .await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = Stack::http_client()?;
     let mut users = Vec::new();
     for i in 0..200 {
-        let body = serde_json::json!({"emails": [format!("soak{i}.{}@bench.example", uuid::Uuid::new_v4().simple())], "deliveryAddress": address()});
-        let reply: serde_json::Value = http
-            .post(format!("{}/users", stack.edge))
-            .json(&body)
-            .send()
-            .await?
-            .json()
-            .await?;
-        users.push(
-            reply["user"]["userId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
+        let email = format!("soak{i}.{}@bench.example", uuid::Uuid::new_v4().simple());
+        users.push(stack.create_user(&http, &email, address()).await?);
     }
     let users = Arc::new(users);
     let (requests, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

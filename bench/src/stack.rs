@@ -69,6 +69,35 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
 }
 
 impl Stack {
+    /// An HTTP client for load against the edge, keeping enough idle connections that an
+    /// open-loop schedule does not reconnect.
+    pub fn http_client() -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?)
+    }
+
+    /// Creates a user through the edge and returns its id.
+    pub async fn create_user(
+        &self,
+        http: &reqwest::Client,
+        email: &str,
+        delivery_address: serde_json::Value,
+    ) -> anyhow::Result<String> {
+        let body = serde_json::json!({"emails": [email], "deliveryAddress": delivery_address});
+        let reply: serde_json::Value = http
+            .post(format!("{}/users", self.edge))
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        reply["user"]["userId"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("creating a user failed: {reply}"))
+    }
+
     pub async fn start(options: Options) -> anyhow::Result<Stack> {
         let dir = tempfile::tempdir()?;
         let addr = |port: u16| format!("127.0.0.1:{port}");
