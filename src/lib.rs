@@ -1,15 +1,12 @@
-//! tandem's shared contracts: the generated gRPC code, the domain value types several
-//! services use, and the few pieces every process sets up the same way (logging, shutdown,
-//! gRPC serving, the ops port, the embedded store, the event format and AMQP topology).
+//! tandem's contracts: the code generated from `proto/` (gRPC services, messages, the
+//! event schema) and the domain value types several crates share. Nothing here talks to
+//! a network, a disk or a clock beyond `domain::now`; serving, messaging, storage and the
+//! test kit live in crates of their own under `lib/`.
 
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod messaging;
-pub mod ops;
 pub mod proto;
-pub mod shutdown;
-pub mod storage;
-pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
+
+/// The gRPC metadata key, HTTP header and AMQP header that carry a request's id end to
+/// end: set (or taken) by the edge, logged by every process, copied into the outbox and
+/// onto the `user.updated` message.
+pub const REQUEST_ID: &str = "x-request-id";

@@ -145,7 +145,7 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     // Python stubs generated from proto/ by grpcio-tools.
     let stubs = dir.path().join("py");
     std::fs::create_dir_all(&stubs).unwrap();
-    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
     let out = stubs.to_str().unwrap();
     let mut protoc = vec![
         "-m".to_string(),
@@ -165,10 +165,7 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     }
     let protoc: Vec<&str> = protoc.iter().map(String::as_str).collect();
     run("python3", &protoc);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_client.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python_client.py");
     let reply = run("python3", &[script, out, &stack.user_v2, &stack.orders]);
     let reply: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
     assert_eq!(reply["duplicate"], "ALREADY_EXISTS", "{reply}");

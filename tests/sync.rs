@@ -18,14 +18,14 @@ use nix::sys::signal::Signal;
 use support::sync::*;
 use support::*;
 use tandem::domain::{EmailCheck, EmailList, UserId};
-use tandem::events::UserUpdated;
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
+use tandem_messaging::event::UserUpdated;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
 async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
     let connection =
-        tandem::messaging::connect(&amqp_url(RABBITMQ.parse().unwrap()), "tandem test")
+        tandem_messaging::amqp::connect(&amqp_url(RABBITMQ.parse().unwrap()), "tandem test")
             .await
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -54,7 +54,7 @@ async fn publish_to(
     request_id: Option<&str>,
 ) {
     let (_connection, channel) = broker_channel().await;
-    tandem::messaging::declare(&channel, &stack.topology)
+    tandem_messaging::amqp::declare(&channel, &stack.topology)
         .await
         .unwrap();
     channel
@@ -67,7 +67,7 @@ async fn publish_to(
             "user.updated".into(),
             BasicPublishOptions::default(),
             body,
-            tandem::messaging::event_properties(message_id, request_id, "test"),
+            tandem_messaging::amqp::event_properties(message_id, request_id, "test"),
         )
         .await
         .unwrap()
@@ -439,7 +439,7 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
 /// published at all.
 async fn audit_queue(stack: &SyncStack) -> (lapin::Connection, lapin::Channel, String) {
     let (connection, channel) = broker_channel().await;
-    tandem::messaging::declare(&channel, &stack.topology)
+    tandem_messaging::amqp::declare(&channel, &stack.topology)
         .await
         .unwrap();
     let audit = format!("{}.audit", stack.topology.queue);

@@ -311,7 +311,7 @@ async fn every_contact_change_leaves_an_event_in_the_outbox() {
         .unwrap();
     let bodies: Vec<_> = events
         .iter()
-        .map(|e| tandem::events::UserUpdated::parse(e.payload.as_bytes()).unwrap())
+        .map(|e| tandem_messaging::event::UserUpdated::parse(e.payload.as_bytes()).unwrap())
         .collect();
     assert_eq!(bodies.iter().map(|b| b.version).collect::<Vec<_>>(), [2, 3]);
     assert!(bodies.iter().all(|b| b.user_id.to_string() == user.user_id));

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tandem::domain::{Address, EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId};
 use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
-use tandem::testing::{Proc, bin, free_port, wait_serving};
+use tandem_testkit::{Proc, bin, free_port, wait_serving};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Size {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use tandem::messaging::Topology;
-use tandem::testing::{Proc, bin, eventually, free_port, remove_topology, wait_serving};
+use tandem_messaging::amqp::Topology;
+use tandem_testkit::{Proc, bin, eventually, free_port, remove_topology, wait_serving};
 
 pub struct Stack {
     /// Held so the data directory lives as long as the stack.
@@ -27,7 +27,7 @@ impl Drop for Stack {
         self.procs.clear();
         // The services were started with the environment's AMQP_URL, or their default.
         let url = std::env::var("AMQP_URL")
-            .unwrap_or_else(|_| tandem::messaging::DEFAULT_AMQP_URL.to_owned());
+            .unwrap_or_else(|_| tandem_messaging::amqp::DEFAULT_AMQP_URL.to_owned());
         remove_topology(&url, &self.topology);
     }
 }

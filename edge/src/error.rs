@@ -92,7 +92,7 @@ impl ApiError {
     ) -> Self {
         let code = status.code();
         let http = http_status(code);
-        let fields: Vec<FieldError> = tandem::grpc::field_violations(status)
+        let fields: Vec<FieldError> = tandem_serving::grpc::field_violations(status)
             .into_iter()
             .map(|v| FieldError {
                 field: rename(&v.field),

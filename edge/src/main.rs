@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use edge::{AdminToken, Config, Edge, UpstreamConfig};
-use tandem::telemetry::{self, LogArgs};
+use tandem_serving::telemetry::{self, LogArgs};
 
 /// tandem's edge: the public REST API over the internal gRPC services.
 #[derive(Debug, Parser)]
@@ -91,7 +91,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
     };
     let edge = Edge::new(config)?;
-    let listener = tandem::ops::bind(args.listen).await?;
-    edge.serve(listener, tandem::shutdown::on_signal()).await?;
+    let listener = tandem_serving::ops::bind(args.listen).await?;
+    edge.serve(listener, tandem_serving::shutdown::on_signal())
+        .await?;
     Ok(())
 }

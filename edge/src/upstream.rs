@@ -86,7 +86,7 @@ impl Upstreams {
     }
 
     fn request<T>(&self, message: T, request_id: &str) -> tonic::Request<T> {
-        let mut request = tandem::grpc::request_with_id(message, request_id);
+        let mut request = tandem_serving::grpc::request_with_id(message, request_id);
         // Tells the service how long the edge will wait, so it can give up too.
         request.set_timeout(self.timeout);
         request

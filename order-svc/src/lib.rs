@@ -12,10 +12,10 @@ pub mod store;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use tandem::grpc::RpcMetrics;
-use tandem::ops::{self, Component, HealthCheck};
 use tandem::proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
-use tandem::storage::StoreUrl;
+use tandem_serving::grpc::RpcMetrics;
+use tandem_serving::ops::{self, Component, HealthCheck};
+use tandem_storage::StoreUrl;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +85,8 @@ impl OrderSvc {
         });
         tracing::info!(store = %self.config.store, addr = ?grpc.local_addr().ok(), "order-svc serving");
         let routes = tonic::service::Routes::new(OrderServiceServer::new(api));
-        let served = tandem::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
+        let served =
+            tandem_serving::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
         shutdown.cancel();
         if let Some(task) = ops_task {
             task.await.map_err(std::io::Error::other)??;

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use order_svc::{Config, OrderSvc};
-use tandem::storage::StoreUrl;
-use tandem::telemetry::{self, LogArgs};
+use tandem_serving::telemetry::{self, LogArgs};
+use tandem_storage::StoreUrl;
 
 /// tandem's order service (gRPC).
 #[derive(Debug, Parser)]
@@ -48,11 +48,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let service = OrderSvc::open(Config { store: args.store }).await?;
     let ops_addr = args
         .ops_listen
-        .unwrap_or_else(|| tandem::ops::default_addr(args.listen));
-    let grpc = tandem::ops::bind(args.listen).await?;
-    let ops = tandem::ops::bind(ops_addr).await?;
+        .unwrap_or_else(|| tandem_serving::ops::default_addr(args.listen));
+    let grpc = tandem_serving::ops::bind(args.listen).await?;
+    let ops = tandem_serving::ops::bind(ops_addr).await?;
     service
-        .serve(grpc, Some(ops), tandem::shutdown::on_signal())
+        .serve(grpc, Some(ops), tandem_serving::shutdown::on_signal())
         .await?;
     Ok(())
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tandem::domain::ContactFields;
 use tandem::domain::{
     Address, EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId, Violations, required_text,
 };
-use tandem::grpc::{ContactFields, RpcMetrics, invalid_argument, status_with_field};
 use tandem::proto::order::v1::order_service_server::OrderService;
 use tandem::proto::order::v1::{
     ApplyUserContactRequest, ApplyUserContactResponse, CreateOrderRequest, CreateOrderResponse,
@@ -15,6 +15,7 @@ use tandem::proto::order::v1::{
     UpdateOrderDetailsRequest, UpdateOrderDetailsResponse, UpdateOrderStatusRequest,
     UpdateOrderStatusResponse,
 };
+use tandem_serving::grpc::{RpcMetrics, invalid_argument, status_with_field};
 use tonic::{Code, Request, Response, Status};
 
 use crate::model::{DetailsChange, ListFilter, Order, OrderItem, UserContact};

@@ -327,11 +327,11 @@ async fn sqlite_store() -> (Arc<dyn OrderStore>, tempfile::TempDir) {
 }
 
 async fn mongo_store() -> Option<Arc<dyn OrderStore>> {
-    let uri = tandem::testing::mongo_uri("order_db_test")?;
+    let uri = tandem_testkit::mongo_uri("order_db_test")?;
     Some(Arc::new(MongoOrderStore::connect(&uri).await.unwrap()))
 }
 
-tandem::store_contract!(
+tandem_testkit::store_contract!(
     sqlite: super::sqlite_store,
     mongo: super::mongo_store,
     cases: [

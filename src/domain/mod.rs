@@ -2,6 +2,7 @@
 //! parsed once, at the boundary, and the parse error names the field it came from.
 
 mod address;
+mod contact;
 mod email;
 mod ids;
 mod order_status;
@@ -10,6 +11,7 @@ mod text;
 mod violations;
 
 pub use address::Address;
+pub use contact::ContactFields;
 pub use email::{Email, EmailCheck, EmailList};
 pub use ids::{OrderId, UserId};
 pub use order_status::{OrderStatus, StatusChange};

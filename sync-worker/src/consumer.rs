@@ -15,10 +15,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection};
-use tandem::events::{ContactUpdate, UserUpdated};
-use tandem::messaging;
 use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
+use tandem_messaging::amqp as messaging;
+use tandem_messaging::event::{ContactUpdate, UserUpdated};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -174,7 +174,7 @@ async fn handle(
     if delivery.redelivered {
         ctx.metrics.redelivered.inc();
     }
-    let request_id = messaging::header(&delivery.properties, tandem::grpc::REQUEST_ID);
+    let request_id = messaging::header(&delivery.properties, tandem_serving::grpc::REQUEST_ID);
     let message_id = delivery
         .properties
         .message_id()
@@ -254,7 +254,8 @@ async fn apply(
     };
     let attempt = || {
         let mut client = ctx.orders.clone();
-        let mut call = tandem::grpc::request_with_id(request.clone(), request_id.unwrap_or("-"));
+        let mut call =
+            tandem_serving::grpc::request_with_id(request.clone(), request_id.unwrap_or("-"));
         call.set_timeout(ctx.config.apply_timeout);
         async move { client.apply_user_contact(call).await }
     };

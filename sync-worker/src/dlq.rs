@@ -8,8 +8,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
-use tandem::events::USER_UPDATED;
-use tandem::messaging::{self, Topology};
+use tandem_messaging::amqp::{self as messaging, Topology};
+use tandem_messaging::event::USER_UPDATED;
 
 use crate::consumer::{FAILED_AT_HEADER, REASON_HEADER};
 
@@ -79,7 +79,7 @@ pub async fn list(
             message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
             reason: reason(&d.properties),
             dead_lettered_at: messaging::header(&d.properties, FAILED_AT_HEADER),
-            request_id: messaging::header(&d.properties, tandem::grpc::REQUEST_ID),
+            request_id: messaging::header(&d.properties, tandem_serving::grpc::REQUEST_ID),
             body: String::from_utf8_lossy(&d.data).into_owned(),
         });
     }

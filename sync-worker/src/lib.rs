@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tandem::messaging::{self, Topology};
-use tandem::ops::{self, Component, HealthCheck};
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
+use tandem_messaging::amqp::{self as messaging, Topology};
+use tandem_serving::ops::{self, Component, HealthCheck};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;

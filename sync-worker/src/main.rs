@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sync_worker::{Config, Worker, dlq};
-use tandem::messaging::Topology;
-use tandem::telemetry::{self, LogArgs};
+use tandem_messaging::amqp::Topology;
+use tandem_serving::telemetry::{self, LogArgs};
 
 /// tandem's contact sync: applies user.updated events to the user's orders.
 #[derive(Debug, Parser)]
@@ -17,7 +17,7 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = tandem::messaging::DEFAULT_AMQP_URL,
+        default_value = tandem_messaging::amqp::DEFAULT_AMQP_URL,
         hide_env_values = true,
         global = true
     )]
@@ -92,8 +92,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut config = Config::new(args.amqp, args.orders, args.topology);
             config.prefetch = args.prefetch.max(1);
             let worker = Worker::new(config)?;
-            let ops = tandem::ops::bind(args.ops_listen).await?;
-            worker.run(Some(ops), tandem::shutdown::on_signal()).await?;
+            let ops = tandem_serving::ops::bind(args.ops_listen).await?;
+            worker
+                .run(Some(ops), tandem_serving::shutdown::on_signal())
+                .await?;
         }
         Some(Command::Dlq {
             action: DlqAction::List { limit, json },

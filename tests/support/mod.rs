@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
-use tandem::storage::StoreUrl;
+use tandem_storage::StoreUrl;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 pub mod sync;
 
 pub use tandem::proto::common::v1::Address as PbAddress;
-pub use tandem::testing::{Proc, bin, eventually, free_port, wait_serving};
+pub use tandem_testkit::{Proc, bin, eventually, free_port, wait_serving};
 
 pub fn address(street: &str) -> PbAddress {
     PbAddress {
@@ -119,7 +119,7 @@ pub async fn order_client(server: &Running) -> OrderServiceClient<Channel> {
 
 /// The fields a status names in its google.rpc.BadRequest details.
 pub fn fields(status: &tonic::Status) -> Vec<String> {
-    tandem::grpc::field_violations(status)
+    tandem_serving::grpc::field_violations(status)
         .into_iter()
         .map(|v| v.field)
         .collect()

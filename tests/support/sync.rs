@@ -8,14 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tandem::messaging::Topology;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem::proto::order::v1::{CreateOrderRequest, ListOrdersRequest, OrderItem, OrderStatus};
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
 use tandem::proto::user::v1::{CreateUserRequest, UpdateUserContactRequest};
-use tandem::testing::{
-    ChaosProxy, Proc, bin, eventually, free_port, remove_topology, wait_serving,
-};
+use tandem_messaging::amqp::Topology;
+use tandem_testkit::{ChaosProxy, Proc, bin, eventually, free_port, remove_topology, wait_serving};
 use tonic::transport::Channel;
 
 use super::{PbAddress, address};

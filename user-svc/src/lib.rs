@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
-use tandem::grpc::RpcMetrics;
-use tandem::ops::{self, Component, HealthCheck};
 use tandem::proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
-use tandem::storage::StoreUrl;
+use tandem_serving::grpc::RpcMetrics;
+use tandem_serving::ops::{self, Component, HealthCheck};
+use tandem_storage::StoreUrl;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -123,7 +123,8 @@ impl UserSvc {
             "user-svc serving"
         );
         let routes = tonic::service::Routes::new(UserServiceServer::new(api));
-        let served = tandem::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
+        let served =
+            tandem_serving::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
         shutdown.cancel();
         if let Some(task) = relay_task {
             let _ = task.await;

@@ -2,9 +2,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tandem::messaging::Topology;
-use tandem::storage::StoreUrl;
-use tandem::telemetry::{self, LogArgs};
+use tandem_messaging::amqp::Topology;
+use tandem_serving::telemetry::{self, LogArgs};
+use tandem_storage::StoreUrl;
 use user_svc::{Config, Flavor, RelayConfig, UserSvc};
 
 /// tandem's user service (gRPC). Run it twice, `--flavor v1` and `--flavor v2 --listen
@@ -36,7 +36,7 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = tandem::messaging::DEFAULT_AMQP_URL,
+        default_value = tandem_messaging::amqp::DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     amqp: String,
@@ -71,11 +71,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let service = UserSvc::open(config).await?;
     let ops_addr = args
         .ops_listen
-        .unwrap_or_else(|| tandem::ops::default_addr(args.listen));
-    let grpc = tandem::ops::bind(args.listen).await?;
-    let ops = tandem::ops::bind(ops_addr).await?;
+        .unwrap_or_else(|| tandem_serving::ops::default_addr(args.listen));
+    let grpc = tandem_serving::ops::bind(args.listen).await?;
+    let ops = tandem_serving::ops::bind(ops_addr).await?;
     service
-        .serve(grpc, Some(ops), tandem::shutdown::on_signal())
+        .serve(grpc, Some(ops), tandem_serving::shutdown::on_signal())
         .await?;
     Ok(())
 }

@@ -17,8 +17,8 @@ use lapin::{Channel, Confirmation, Connection};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tandem::events::USER_UPDATED;
-use tandem::messaging::{self, Topology};
+use tandem_messaging::amqp::{self as messaging, Topology};
+use tandem_messaging::event::USER_UPDATED;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

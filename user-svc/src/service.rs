@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tandem::domain::ContactFields;
 use tandem::domain::{Address, EmailList, UserId, Violations, optional_text};
-use tandem::grpc::{ContactFields, RpcMetrics, invalid_argument, request_id, status_with_field};
 use tandem::proto::user::v1::user_service_server::UserService;
 use tandem::proto::user::v1::{
     CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse,
     UpdateUserContactRequest, UpdateUserContactResponse,
 };
+use tandem_serving::grpc::{RpcMetrics, invalid_argument, request_id, status_with_field};
 use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
 

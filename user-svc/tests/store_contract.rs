@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem::domain::{Address, EmailCheck, EmailList, UserId};
-use tandem::events::UserUpdated;
+use tandem_messaging::event::UserUpdated;
 use user_svc::model::{ContactChange, User};
 use user_svc::store::{MongoUserStore, SqliteUserStore, StoreError, UserStore};
 
@@ -269,11 +269,11 @@ async fn sqlite_store() -> (Arc<dyn UserStore>, tempfile::TempDir) {
 }
 
 async fn mongo_store() -> Option<Arc<dyn UserStore>> {
-    let uri = tandem::testing::mongo_uri("user_db_test")?;
+    let uri = tandem_testkit::mongo_uri("user_db_test")?;
     Some(Arc::new(MongoUserStore::connect(&uri).await.unwrap()))
 }
 
-tandem::store_contract!(
+tandem_testkit::store_contract!(
     sqlite: super::sqlite_store,
     mongo: super::mongo_store,
     cases: [

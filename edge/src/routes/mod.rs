@@ -86,7 +86,7 @@ pub struct RequestId(pub String);
 fn request_id_from(request: &Request) -> String {
     request
         .headers()
-        .get(tandem::grpc::REQUEST_ID)
+        .get(tandem_serving::grpc::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         // Accept a client's id only if it is short and plain; otherwise make one.
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
@@ -128,7 +128,7 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response
             .headers_mut()
-            .insert(tandem::grpc::REQUEST_ID, value);
+            .insert(tandem_serving::grpc::REQUEST_ID, value);
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tandem::domain::{OrderId, OrderStatus};
-use tandem::storage::StoreUrl;
+use tandem_storage::StoreUrl;
 
 use crate::model::{DetailsChange, ListFilter, Order, PageCursor, UserContact};
 

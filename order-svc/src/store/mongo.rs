@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
-use tandem::storage::mongo::{self, Failure, address_schema, emails_schema, ensure_collection};
+use tandem_storage::mongo::{self, Failure, address_schema, emails_schema, ensure_collection};
 
 use super::{
     ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome, StoreError, status_outcome,

@@ -9,7 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
-use tandem::storage::sqlite::{self, Database, SqliteError};
+use tandem_storage::sqlite::{self, Database, SqliteError};
 
 use super::{
     ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome, StoreError, status_outcome,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tandem::domain::UserId;
-use tandem::events::UserUpdated;
-use tandem::storage::StoreUrl;
+use tandem_messaging::event::UserUpdated;
+use tandem_storage::StoreUrl;
 
 use crate::model::{ContactChange, User};
 

@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use tandem::domain::{Address, EmailList, UserId};
-use tandem::storage::mongo::{self, Failure, address_schema, emails_schema, ensure_collection};
+use tandem_storage::mongo::{self, Failure, address_schema, emails_schema, ensure_collection};
 
 use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
 use crate::model::{ContactChange, User};

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tandem::domain::{Address, EmailList, UserId};
-use tandem::storage::sqlite::{self, Database, SqliteError, is_unique_violation};
+use tandem_storage::sqlite::{self, Database, SqliteError, is_unique_violation};
 
 use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
 use crate::model::{ContactChange, User};

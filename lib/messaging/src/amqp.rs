@@ -10,7 +10,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::events::USER_UPDATED;
+use crate::event::USER_UPDATED;
 
 /// Names and limits of the sync topology. Tests give each run names of its own, so they
 /// can share one broker.
@@ -254,10 +254,7 @@ pub async fn lost(connection: &Connection) -> String {
 pub fn event_properties(event_id: &str, request_id: Option<&str>, app_id: &str) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(id) = request_id {
-        headers.insert(
-            crate::grpc::REQUEST_ID.into(),
-            AMQPValue::LongString(id.into()),
-        );
+        headers.insert(tandem::REQUEST_ID.into(), AMQPValue::LongString(id.into()));
     }
     BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))

@@ -59,7 +59,7 @@ macro_rules! store_contract {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let _one_at_a_time = $crate::testing::MONGO_ONE_AT_A_TIME.lock().await;
+                    let _one_at_a_time = $crate::MONGO_ONE_AT_A_TIME.lock().await;
                     if let Some(store) = $mongo().await {
                         super::$case(store).await;
                     }
@@ -211,7 +211,7 @@ pub async fn wait_serving(addr: &str, timeout: Duration) {
 /// of them. Call it after the processes that redeclare the topology have stopped. Blocking
 /// (it runs on a thread of its own), so `Drop` can call it; best effort, with a note on
 /// stderr when the broker cannot be reached.
-pub fn remove_topology(amqp_url: &str, topology: &crate::messaging::Topology) {
+pub fn remove_topology(amqp_url: &str, topology: &tandem_messaging::Topology) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let name = topology.queue.clone();
     let (url, topology) = (amqp_url.to_owned(), topology.clone());
@@ -222,7 +222,7 @@ pub fn remove_topology(amqp_url: &str, topology: &crate::messaging::Topology) {
             .map_err(|e| e.to_string())?;
         runtime.block_on(async {
             let work = async {
-                let connection = crate::messaging::connect(&url, "tandem-test-cleanup")
+                let connection = tandem_messaging::amqp::connect(&url, "tandem-test-cleanup")
                     .await
                     .map_err(|e| e.to_string())?;
                 let channel = connection

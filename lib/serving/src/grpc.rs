@@ -17,10 +17,9 @@ use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::{FieldViolation, Violations};
+use tandem::domain::{FieldViolation, Violations};
 
-/// The metadata key (and HTTP/AMQP header) that carries a request's id end to end.
-pub const REQUEST_ID: &str = "x-request-id";
+pub use tandem::REQUEST_ID;
 
 const REFLECTION_SERVICES: [&str; 2] = [
     "grpc.reflection.v1.ServerReflection",
@@ -98,7 +97,7 @@ fn no_delay(
 /// set holds every tandem service.
 fn reflection(service_name: &str) -> tonic_reflection::server::Builder<'static> {
     let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tandem::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         // google.rpc.BadRequest and friends, so grpcurl can print error details.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
@@ -134,47 +133,6 @@ pub fn status_with_field(code: Code, field: &str, description: &str) -> Status {
         format!("{field}: {description}"),
         ErrorDetails::with_bad_request_violation(field, description),
     )
-}
-
-/// Which contact fields an update request replaces (user contact, order details).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContactFields {
-    pub emails: bool,
-    pub delivery_address: bool,
-}
-
-impl ContactFields {
-    /// Reads an update mask that may name `emails` and `delivery_address`. With no mask,
-    /// the fields that are set are replaced (AIP-134). Asking for nothing is a violation.
-    pub fn from_mask(
-        mask: Option<prost_types::FieldMask>,
-        has_emails: bool,
-        has_address: bool,
-        violations: &mut Violations,
-    ) -> ContactFields {
-        let paths = mask.map(|m| m.paths).unwrap_or_default();
-        let mut fields = ContactFields {
-            emails: paths.is_empty() && has_emails,
-            delivery_address: paths.is_empty() && has_address,
-        };
-        for (i, path) in paths.iter().enumerate() {
-            match path.as_str() {
-                "emails" => fields.emails = true,
-                "delivery_address" => fields.delivery_address = true,
-                other => violations.add(
-                    format!("update_mask.paths[{i}]"),
-                    format!("{other:?} cannot be updated: only emails and delivery_address"),
-                ),
-            }
-        }
-        if !fields.emails && !fields.delivery_address && violations.is_empty() {
-            violations.add(
-                "update_mask",
-                "nothing to update: give emails and/or delivery_address",
-            );
-        }
-        fields
-    }
 }
 
 /// The field violations a status carries, if any.

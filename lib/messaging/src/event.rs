@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Address, EmailCheck, EmailList, UserId, Violations};
-use crate::proto::common::v1 as pb;
+use tandem::domain::{Address, EmailCheck, EmailList, UserId, Violations};
+use tandem::proto::common::v1 as pb;
 
 /// The `event` field, the AMQP `type` property and the routing key.
 pub const USER_UPDATED: &str = "user.updated";
@@ -192,8 +192,8 @@ mod tests {
         )
     }
 
-    fn to_proto(e: &UserUpdated) -> crate::proto::events::v1::UserUpdated {
-        crate::proto::events::v1::UserUpdated {
+    fn to_proto(e: &UserUpdated) -> tandem::proto::events::v1::UserUpdated {
+        tandem::proto::events::v1::UserUpdated {
             event: e.event.clone(),
             event_id: e.event_id.clone(),
             user_id: e.user_id.clone(),
@@ -211,7 +211,7 @@ mod tests {
     /// and accepts, or consumers in other languages would disagree with us.
     #[test]
     fn wire_form_is_canonical_proto3_json() {
-        let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool = DescriptorPool::decode(tandem::proto::FILE_DESCRIPTOR_SET).unwrap();
         let desc = pool
             .get_message_by_name("tandem.events.v1.UserUpdated")
             .unwrap();

@@ -1,0 +1,1 @@
+//! No library: the tests are the `[[test]]` targets of this package.
