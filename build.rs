@@ -16,7 +16,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("tandem_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // The JSON form of an address (REST bodies and answers, the user.updated event) is
+        // the proto3 JSON mapping of the message itself, so there is one address type on
+        // the wire. Unknown fields are refused, as proto3 JSON parsers do by default;
+        // `state` is what older REST clients send for `province`.
+        .type_attribute(
+            ".tandem.common.v1.Address",
+            "#[derive(serde::Serialize, serde::Deserialize)] \
+             #[serde(rename_all = \"camelCase\", deny_unknown_fields)]",
+        )
+        .field_attribute(
+            ".tandem.common.v1.Address.province",
+            "#[serde(alias = \"state\")]",
+        )
+        .compile_fds(descriptors)?;
     // compile_fds emits no rerun-if-changed lines of its own.
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -6,8 +6,17 @@ TANDEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TANDEM_CACHE=${TANDEM_CACHE:-$HOME/.cache/tandem}
 # One build directory shared by every clone on this machine: builds are slow on 2 cores.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
-AMQP_HOST=${AMQP_HOST:-127.0.0.1}
-AMQP_PORT=${AMQP_PORT:-5672}
+# The one broker setting, as every tandem process reads it.
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+# Its host and port, for checking that it answers: amqp://[user[:pass]@]host[:port][/vhost]
+amqp_authority=${AMQP_URL#*://}
+amqp_authority=${amqp_authority%%/*}
+amqp_authority=${amqp_authority%%\?*}
+amqp_authority=${amqp_authority##*@}
+AMQP_HOST=${amqp_authority%%:*}
+AMQP_PORT=${amqp_authority##*:}
+[ "$AMQP_PORT" = "$amqp_authority" ] && AMQP_PORT=5672
+unset amqp_authority
 
 say() { printf '\033[1m[tandem]\033[0m %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -32,11 +41,14 @@ ensure_cargo() {
   command -v cargo >/dev/null || die "Rust is not installed: see https://rustup.rs (curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh)"
 }
 
-# RabbitMQ on $AMQP_HOST:$AMQP_PORT: used if running, started if installed, installed
-# with apt when root.
+# RabbitMQ at $AMQP_URL: used if it answers; a local one is started if installed, and
+# installed with apt when root.
 ensure_rabbitmq() {
   if port_open "$AMQP_HOST" "$AMQP_PORT"; then return 0; fi
-  [ "$AMQP_HOST" = 127.0.0.1 ] || die "RabbitMQ is not answering on $AMQP_HOST:$AMQP_PORT"
+  case "$AMQP_HOST" in
+    127.0.0.1 | localhost) ;;
+    *) die "RabbitMQ is not answering at $AMQP_HOST:$AMQP_PORT (AMQP_URL)" ;;
+  esac
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   is_root || die "RabbitMQ is installed but not running: start it with: sudo rabbitmq-server -detached"
   say "starting RabbitMQ"

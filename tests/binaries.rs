@@ -2,15 +2,9 @@
 //! team wrote: grpcurl through server reflection, and Python stubs generated from proto/.
 //! Needs `grpcurl` and Python's `grpcio-tools` on PATH (scripts/test installs both).
 
-mod support;
-
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use support::*;
-
-const START: Duration = Duration::from_secs(20);
+use tandem_testkit::*;
 
 fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
@@ -37,68 +31,42 @@ fn grpcurl(flags: &[&str], addr: &str, rest: &[&str]) -> String {
     run("grpcurl", &args)
 }
 
-struct Stack {
-    user_v1: String,
-    user_v2: String,
-    orders: String,
-    ops_v1: String,
-    procs: Vec<Proc>,
-}
-
-async fn start_stack(dir: &Path) -> Stack {
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-    let addr = |p: u16| format!("127.0.0.1:{p}");
-    let mut procs = Vec::new();
-    // The default stores: sqlite files under data/ of the working directory, shared by v1
-    // and v2.
-    for (name, binary, args) in [
-        ("user-v1", "user-svc", vec!["--flavor", "v1"]),
-        ("user-v2", "user-svc", vec!["--flavor", "v2"]),
-        ("order-svc", "order-svc", vec![]),
-    ] {
-        let i = procs.len() * 2;
-        let mut command = Command::new(bin(binary));
-        command.current_dir(dir).args(args).args([
-            "--listen",
-            &addr(ports[i]),
-            "--ops-listen",
-            &addr(ports[i + 1]),
-        ]);
-        procs.push(Proc::start(name, &mut command, dir));
-    }
-    let stack = Stack {
-        user_v1: addr(ports[0]),
-        user_v2: addr(ports[2]),
-        orders: addr(ports[4]),
-        ops_v1: addr(ports[1]),
-        procs,
-    };
-    for a in [&stack.user_v1, &stack.user_v2, &stack.orders] {
-        wait_serving(a, START).await;
-    }
-    stack
+/// user-svc v1 and v2 and order-svc as real processes, with their default stores
+/// (SQLite files under data/ of the working directory, shared by v1 and v2).
+async fn start_stack() -> Stack {
+    StackBuilder::new()
+        .binary(Service::UserV1)
+        .binary(Service::UserV2)
+        .binary(Service::Orders)
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut stack = start_stack(dir.path()).await;
-    assert!(dir.path().join("data/user_db.sqlite").exists());
-    assert!(dir.path().join("data/order_db.sqlite").exists());
+    let mut stack = start_stack().await;
+    let dir = stack.dir.path().to_owned();
+    assert!(dir.join("data/user_db.sqlite").exists());
+    assert!(dir.join("data/order_db.sqlite").exists());
+    let (user_v1, user_v2, orders) = (
+        stack.addr(Service::UserV1).to_string(),
+        stack.addr(Service::UserV2).to_string(),
+        stack.addr(Service::Orders).to_string(),
+    );
 
     // grpcurl, through reflection alone.
-    let listed = grpcurl(&[], &stack.user_v1, &["list"]);
+    let listed = grpcurl(&[], &user_v1, &["list"]);
     assert!(listed.contains("tandem.user.v1.UserService"), "{listed}");
     assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
     assert!(
         !listed.contains("OrderService"),
         "user-svc lists only what it serves: {listed}"
     );
-    let listed = grpcurl(&[], &stack.orders, &["list"]);
+    let listed = grpcurl(&[], &orders, &["list"]);
     assert!(listed.contains("tandem.order.v1.OrderService"), "{listed}");
     let described = grpcurl(
         &[],
-        &stack.user_v2,
+        &user_v2,
         &["describe", "tandem.user.v1.CreateUserRequest"],
     );
     assert!(described.contains("delivery_address"), "{described}");
@@ -109,7 +77,7 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     );
     let created = grpcurl(
         &["-d", &body],
-        &stack.user_v1,
+        &user_v1,
         &["tandem.user.v1.UserService/CreateUser"],
     );
     let created: serde_json::Value = serde_json::from_str(&created).unwrap();
@@ -118,7 +86,7 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     let get = format!(r#"{{"userId":"{user_id}"}}"#);
     let fetched = grpcurl(
         &["-d", &get],
-        &stack.user_v2,
+        &user_v2,
         &["tandem.user.v1.UserService/GetUser"],
     );
     assert!(fetched.contains(&user_id), "{fetched}");
@@ -127,13 +95,13 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     );
     grpcurl(
         &["-d", &order],
-        &stack.orders,
+        &orders,
         &["tandem.order.v1.OrderService/CreateOrder"],
     );
     let list = format!(r#"{{"userId":"{user_id}","orderStatus":"ORDER_STATUS_UNDER_PROCESS"}}"#);
     let listed = grpcurl(
         &["-d", &list],
-        &stack.orders,
+        &orders,
         &["tandem.order.v1.OrderService/ListOrders"],
     );
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
@@ -143,7 +111,7 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     );
 
     // Python stubs generated from proto/ by grpcio-tools.
-    let stubs = dir.path().join("py");
+    let stubs = dir.join("py");
     std::fs::create_dir_all(&stubs).unwrap();
     let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
     let out = stubs.to_str().unwrap();
@@ -166,7 +134,7 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     let protoc: Vec<&str> = protoc.iter().map(String::as_str).collect();
     run("python3", &protoc);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python_client.py");
-    let reply = run("python3", &[script, out, &stack.user_v2, &stack.orders]);
+    let reply = run("python3", &[script, out, &user_v2, &orders]);
     let reply: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
     assert_eq!(reply["duplicate"], "ALREADY_EXISTS", "{reply}");
     assert_eq!(
@@ -177,11 +145,12 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     assert_eq!(reply["price"], "29.99");
 
     // The ops port of each process.
-    let health = reqwest::get(format!("http://{}/healthz", stack.ops_v1))
+    let ops_v1 = stack.ops(Service::UserV1);
+    let health = reqwest::get(format!("http://{ops_v1}/healthz"))
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = reqwest::get(format!("http://{}/metrics", stack.ops_v1))
+    let metrics = reqwest::get(format!("http://{ops_v1}/metrics"))
         .await
         .unwrap()
         .text()
@@ -194,13 +163,14 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
     );
 
     // SIGTERM: each process drains and exits cleanly.
-    for proc in &mut stack.procs {
-        let status = proc.terminate(Duration::from_secs(10)).await;
+    for service in [Service::UserV1, Service::UserV2, Service::Orders] {
+        let log = stack.proc(service).log.clone();
+        let status = stack.stop(service).await.expect("a binary's exit status");
         assert!(
             status.success(),
             "{} exited with {status}: {}",
-            proc.name,
-            proc.output()
+            service.name(),
+            std::fs::read_to_string(log).unwrap_or_default()
         );
     }
 }
@@ -221,8 +191,9 @@ async fn a_store_that_cannot_open_is_one_clear_line_and_a_failure() {
             .args([
                 "--store",
                 store,
+                // Any free port: the store fails first.
                 "--listen",
-                &format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0",
             ])
             .output()
             .unwrap();

@@ -2,12 +2,10 @@
 //! (headless Chromium) with every host but this one unreachable: nothing comes from a CDN.
 //! Needs `chromium` on PATH (scripts/test installs it with apt when run as root).
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use tandem_testkit::*;
 
 fn chromium() -> String {
     for candidate in ["chromium", "chromium-browser", "google-chrome"] {
@@ -24,8 +22,11 @@ fn chromium() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_renders_offline_and_lists_every_endpoint() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let url = format!("http://127.0.0.1:{}/docs/", stack.edge.addr.port());
+    let stack = StackBuilder::edge().start().await;
+    let url = format!(
+        "http://127.0.0.1:{}/docs/",
+        stack.addr(Service::Edge).port()
+    );
     let profile = tempfile::tempdir().unwrap();
     let browser = chromium();
     let dom = tokio::task::spawn_blocking(move || {

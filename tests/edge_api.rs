@@ -2,16 +2,14 @@
 //! this process, on port 0, over SQLite files): routes, envelopes, aliases, exact prices,
 //! paging, and every class of error as JSON.
 
-mod support;
-
 use reqwest::Method;
 use serde_json::json;
-use support::*;
+use tandem_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_with_and_without_a_trailing_slash() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge().start().await;
+    let http = &stack.http();
     for slash in ["", "/"] {
         let email = unique_email("slash");
         let created = http
@@ -69,8 +67,8 @@ async fn every_route_answers_with_and_without_a_trailing_slash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_come_back_in_the_documented_shape() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge().start().await;
+    let http = &stack.http();
     let email = unique_email("Robert.Williams");
     // Older clients send `state`; responses say `province`.
     let mut body = user_body(&email);
@@ -135,8 +133,8 @@ async fn users_come_back_in_the_documented_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_keep_exact_prices_and_page_through() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge().start().await;
+    let http = &stack.http();
     let email = unique_email("orders");
     let user_id = http.create_user(&email).await;
 
@@ -255,8 +253,8 @@ async fn orders_keep_exact_prices_and_page_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_json_with_the_documented_status() {
-    let mut stack = Stack::start(EdgeOptions::default()).await;
-    let http = stack.http.clone();
+    let mut stack = StackBuilder::edge().start().await;
+    let http = stack.http();
     let email = unique_email("errors");
     let user_id = http.create_user(&email).await;
     let raw = |method: Method, path: &str, content_type: &str, body: &str| {
@@ -393,7 +391,7 @@ async fn every_error_is_json_with_the_documented_status() {
     assert_eq!(forced.fields(), ["X-User-Version"]);
 
     // A service down: 503 naming it, and /health names it too.
-    stack.orders.take().unwrap().stop().await;
+    stack.stop(Service::Orders).await;
     let down = http.post("/orders", &order_body(&user_id, &email)).await;
     check(&down, 503, "UNAVAILABLE");
     assert!(
@@ -410,8 +408,8 @@ async fn every_error_is_json_with_the_documented_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_request_ids() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge().start().await;
+    let http = &stack.http();
     let health = http.get("/health").await;
     assert_eq!(
         (health.status, health.json()["status"].clone()),
@@ -440,7 +438,9 @@ async fn health_metrics_and_request_ids() {
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
     use user_svc::store::UserStore;
-    let store = user_svc::store::SqliteUserStore::open(&stack.user_db()).unwrap();
+    let store = user_svc::store::SqliteUserStore::open(&stack.user_db())
+        .await
+        .unwrap();
     let events = store
         .claim_outbox("test", std::time::Duration::from_secs(30), 100)
         .await

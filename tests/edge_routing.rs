@@ -3,14 +3,12 @@
 //! nothing), and fails over when a flavor is unreachable. Upstreams that are too slow
 //! give 504 within the deadline.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
-use support::*;
+use tandem_testkit::*;
 
 async fn count_creates(http: &Http, n: usize) -> (usize, usize) {
     let mut v1 = 0;
@@ -38,8 +36,8 @@ async fn set_p(http: &Http, p: u8) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p_splits_traffic_as_configured() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge().start().await;
+    let http = &stack.http();
     // No routing file: P = 100.
     assert_eq!(count_creates(http, 50).await, (50, 0));
     assert_eq!(set_p(http, 0).await.status, 200);
@@ -118,12 +116,8 @@ async fn p_splits_traffic_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dial_follows_its_file_and_the_admin_api() {
-    let stack = Stack::start(EdgeOptions {
-        p: Some(100),
-        ..EdgeOptions::default()
-    })
-    .await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge().p(100).start().await;
+    let http = &stack.http();
     let file = stack.routing_file();
 
     std::fs::write(&file, r#"{"P": 0}"#).unwrap();
@@ -216,29 +210,21 @@ async fn the_dial_follows_its_file_and_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_is_off_without_a_token() {
-    let stack = Stack::start(EdgeOptions {
-        admin_token: None,
-        ..EdgeOptions::default()
-    })
-    .await;
-    let reply = set_p(&stack.http, 0).await;
+    let stack = StackBuilder::edge().admin_token(None).start().await;
+    let reply = set_p(&stack.http(), 0).await;
     assert_eq!(
         (reply.status, reply.json()["code"].clone()),
         (404, json!("NOT_FOUND"))
     );
-    assert_eq!(count_creates(&stack.http, 5).await, (5, 0));
+    assert_eq!(count_creates(&stack.http(), 5).await, (5, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_flavor_fails_over_to_the_other() {
-    let mut stack = Stack::start(EdgeOptions {
-        p: Some(100),
-        ..EdgeOptions::default()
-    })
-    .await;
-    let http = stack.http.clone();
+    let mut stack = StackBuilder::edge().p(100).start().await;
+    let http = stack.http();
     let id = http.create_user(&unique_email("fo")).await;
-    stack.user_v1.take().unwrap().stop().await;
+    stack.stop(Service::UserV1).await;
 
     assert_eq!(count_creates(&http, 10).await, (0, 10));
     let got = http.get(&format!("/users/{id}")).await;
@@ -275,12 +261,11 @@ async fn an_unreachable_flavor_fails_over_to_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_is_a_504_within_the_deadline() {
     let deadline = Duration::from_millis(400);
-    let stack = Stack::start(EdgeOptions {
-        upstream_timeout: deadline,
-        ..EdgeOptions::default()
-    })
-    .await;
-    let http = &stack.http;
+    let stack = StackBuilder::edge()
+        .upstream_timeout(deadline)
+        .start()
+        .await;
+    let http = &stack.http();
     let id = http.create_user(&unique_email("slow")).await;
 
     // Hold the user store's write lock, so user-svc's write waits (it would wait up to
@@ -321,8 +306,8 @@ async fn a_slow_upstream_is_a_504_within_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_the_dial_under_load_drops_no_request() {
-    let stack = Stack::start(EdgeOptions::default()).await;
-    let http = stack.http.clone();
+    let stack = StackBuilder::edge().start().await;
+    let http = stack.http();
     let ids: Vec<String> = {
         let mut ids = vec![];
         for _ in 0..20 {

@@ -3,15 +3,24 @@
 //! it checked and the counts (`scripts/faults` runs them, and the sync faults, with the
 //! output shown).
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::sync::*;
-use support::*;
+use tandem_testkit::*;
 use tokio_util::sync::CancellationToken;
+
+/// The contact sync's processes (as binaries, to be killed and restarted) with user-svc
+/// v2 and an edge in front, whose deadline for each call is 3 s.
+async fn edge_over_sync(p: u8) -> Stack {
+    StackBuilder::sync()
+        .with(Service::UserV2)
+        .with(Service::Edge)
+        .p(p)
+        .upstream_timeout(Duration::from_secs(3))
+        .start()
+        .await
+}
 
 /// Counts of a load run, by outcome.
 #[derive(Default)]
@@ -89,9 +98,8 @@ async fn progressed(done: &AtomicUsize, by: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_flavor_killed_mid_load_costs_no_read_and_no_later_write() {
-    let mut stack = SyncStack::start().await;
-    let v2 = stack.start_user_svc_v2().await;
-    let http = stack.start_edge(&v2, 50).await;
+    let mut stack = edge_over_sync(50).await;
+    let http = stack.http();
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(http.create_user(&unique_email("k")).await);
@@ -143,7 +151,7 @@ async fn a_user_flavor_killed_mid_load_costs_no_read_and_no_later_write() {
         })
     };
     progressed(&done, 200).await;
-    stack.user_svc.as_mut().unwrap().kill().await;
+    stack.kill(Service::UserV1).await;
     // Writes that were in flight at the kill may answer 503 (they might have run; the edge
     // does not repeat them). From here on, v1 refuses connections and every request
     // fails over to v2.
@@ -187,9 +195,8 @@ async fn a_user_flavor_killed_mid_load_costs_no_read_and_no_later_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_svc_restarted_under_load_answers_503_or_success_in_time() {
-    let mut stack = SyncStack::start().await;
-    let v2 = stack.start_user_svc_v2().await;
-    let http = stack.start_edge(&v2, 100).await;
+    let mut stack = edge_over_sync(100).await;
+    let http = stack.http();
     let email = unique_email("o");
     let user = http.create_user(&email).await;
     let tally = Arc::new(Tally::default());
@@ -212,14 +219,9 @@ async fn order_svc_restarted_under_load_answers_503_or_success_in_time() {
         })
     };
     progressed(&done, 100).await;
-    stack
-        .order_svc
-        .as_mut()
-        .unwrap()
-        .terminate(Duration::from_secs(10))
-        .await;
+    stack.stop(Service::Orders).await;
     progressed(&done, 100).await; // while it is down
-    stack.start_order_svc().await;
+    stack.start(Service::Orders).await;
     progressed(&done, 100).await;
     stop.cancel();
     for t in tasks {
@@ -246,9 +248,8 @@ async fn order_svc_restarted_under_load_answers_503_or_success_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_email_raced_by_many_clients_goes_to_exactly_one_user() {
-    let mut stack = SyncStack::start().await;
-    let v2 = stack.start_user_svc_v2().await;
-    let http = stack.start_edge(&v2, 50).await;
+    let stack = edge_over_sync(50).await;
+    let http = stack.http();
     for round in 0..5 {
         let email = unique_email(&format!("race{round}"));
         let attempts = (0..20).map(|_| {

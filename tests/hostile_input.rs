@@ -4,15 +4,13 @@
 //! deep or not UTF-8, numbers beyond any range, huge arrays, and clients too slow.
 //! Needs `schemathesis` on PATH (scripts/test installs it in its virtualenv).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
-use support::*;
+use tandem_testkit::*;
 
 fn schemathesis(args: &[&str]) -> (bool, String) {
     let output = Command::new("schemathesis")
@@ -31,13 +29,16 @@ fn schemathesis(args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
-    let stack = Stack::start(EdgeOptions::default()).await;
+    let stack = StackBuilder::edge().start().await;
     // Some real users and orders, so generated requests also hit existing ones.
     let email = unique_email("st");
-    let user = stack.http.create_user(&email).await;
-    stack.http.post("/orders", &order_body(&user, &email)).await;
+    let user = stack.http().create_user(&email).await;
+    stack
+        .http()
+        .post("/orders", &order_body(&user, &email))
+        .await;
 
-    let spec = format!("{}/openapi.json", stack.http.base);
+    let spec = format!("{}/openapi.json", stack.http().base);
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
     // Every operation, every check but one: no 5xx, status codes, content types, headers
     // and bodies as documented, invalid input refused.
@@ -97,7 +98,7 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
 }
 
 async fn raw(stack: &Stack, method: Method, path: &str, body: Vec<u8>) -> Reply {
-    let http = &stack.http;
+    let http = &stack.http();
     http.send(
         http.request(method, path)
             .header("content-type", "application/json")
@@ -120,7 +121,7 @@ fn assert_json_error(reply: &Reply, status: u16, field: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_bodies_are_refused_cleanly() {
-    let stack = Stack::start(EdgeOptions::default()).await;
+    let stack = StackBuilder::edge().start().await;
 
     // Nested 10,000 deep: the JSON parser's depth limit, not the stack, stops it.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -186,7 +187,7 @@ async fn malformed_and_oversized_bodies_are_refused_cleanly() {
     // 10,000-element arrays (under 64 KiB): refused by the rules, not by running out.
     let emails: Vec<&str> = vec!["a"; 10_000];
     let reply = stack
-        .http
+        .http()
         .post(
             "/users",
             &json!({"emails": emails, "deliveryAddress": address_json("1")}),
@@ -195,7 +196,7 @@ async fn malformed_and_oversized_bodies_are_refused_cleanly() {
     assert_json_error(&reply, 400, Some("emails"));
     let items: Vec<serde_json::Value> = (0..10_000).map(|_| json!(0)).collect();
     let reply = stack
-        .http
+        .http()
         .post("/orders", &json!({"userId": "x", "items": items}))
         .await;
     assert_json_error(&reply, 400, None);
@@ -213,10 +214,10 @@ async fn malformed_and_oversized_bodies_are_refused_cleanly() {
         .map(|c| Ok(c.to_vec()))
         .collect();
     let streamed = stack
-        .http
+        .http()
         .send(
             stack
-                .http
+                .http()
                 .request(Method::POST, "/users")
                 .header("content-type", "application/json")
                 .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
@@ -225,30 +226,34 @@ async fn malformed_and_oversized_bodies_are_refused_cleanly() {
     assert_json_error(&streamed, 413, None);
 
     // Paths and headers that are not what they should be.
-    assert_json_error(&stack.http.get("/users/%FF%FE").await, 400, Some("userId"));
+    assert_json_error(
+        &stack.http().get("/users/%FF%FE").await,
+        400,
+        Some("userId"),
+    );
     assert_json_error(
         &stack
-            .http
+            .http()
             .get(&format!("/users/{}", "9".repeat(5000)))
             .await,
         400,
         Some("userId"),
     );
     assert_json_error(
-        &stack.http.get("/orders?userId=").await,
+        &stack.http().get("/orders?userId=").await,
         400,
         Some("userId"),
     );
     assert_json_error(
-        &stack.http.get("/orders?limit=99999999999999").await,
+        &stack.http().get("/orders?limit=99999999999999").await,
         400,
         Some("limit"),
     );
     let reply = stack
-        .http
+        .http()
         .send(
             stack
-                .http
+                .http()
                 .request(Method::GET, "/health")
                 .header("x-request-id", "a".repeat(4000)),
         )
@@ -261,7 +266,7 @@ async fn malformed_and_oversized_bodies_are_refused_cleanly() {
     );
 
     // Still serving.
-    assert_eq!(stack.http.get("/health").await.status, 200);
+    assert_eq!(stack.http().get("/health").await.status, 200);
 }
 
 /// Writes `head` on a fresh connection to the edge, then stays silent; returns what the
@@ -281,12 +286,11 @@ fn stall(addr: std::net::SocketAddr, head: &[u8], patience: Duration) -> (String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
-    let stack = Stack::start(EdgeOptions {
-        request_timeout: Duration::from_secs(1),
-        ..EdgeOptions::default()
-    })
-    .await;
-    let addr = stack.edge.addr;
+    let stack = StackBuilder::edge()
+        .request_timeout(Duration::from_secs(1))
+        .start()
+        .await;
+    let addr = stack.addr(Service::Edge);
 
     // Headers that never end: the connection is closed after the header timeout (10 s),
     // not held forever.
@@ -322,5 +326,5 @@ async fn slow_clients_are_cut_off() {
     );
 
     // Meanwhile everyone else is served.
-    assert_eq!(stack.http.get("/health").await.status, 200);
+    assert_eq!(stack.http().get("/health").await.status, 200);
 }

@@ -1,15 +1,13 @@
 //! order-svc over gRPC, in-process on port 0 over a real SQLite file.
 
-mod support;
-
 use prost_types::FieldMask;
-use support::*;
 use tandem::proto::common::v1::Decimal;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem::proto::order::v1::{
     ApplyUserContactRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, Order,
     OrderItem, OrderStatus, UpdateOrderDetailsRequest, UpdateOrderStatusRequest,
 };
+use tandem_testkit::*;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -49,16 +47,15 @@ fn new_user() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn started() -> (Running, Client, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_order_svc(&dir.path().join("o.sqlite")).await;
-    let client = order_client(&server).await;
-    (server, client, dir)
+async fn started() -> (Stack, Client) {
+    let stack = Stack::builder().with(Service::Orders).start().await;
+    let client = stack.orders().await;
+    (stack, client)
 }
 
 #[tokio::test]
 async fn orders_keep_exact_prices_and_start_under_process() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let order = created(&mut client, create(&new_user())).await;
     assert_eq!(order.order_status, OrderStatus::UnderProcess as i32);
     let prices: Vec<_> = order
@@ -97,7 +94,7 @@ async fn orders_keep_exact_prices_and_start_under_process() {
 
 #[tokio::test]
 async fn bad_orders_name_every_bad_field() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let request = CreateOrderRequest {
         user_id: "not-a-uuid".into(),
         items: vec![
@@ -110,7 +107,7 @@ async fn bad_orders_name_every_bad_field() {
             item("y", 1, "1e999"),
         ],
         emails: vec![],
-        delivery_address: Some(PbAddress {
+        delivery_address: Some(tandem::proto::common::v1::Address {
             postal_code: String::new(),
             ..address("1 St")
         }),
@@ -149,7 +146,7 @@ async fn bad_orders_name_every_bad_field() {
 
 #[tokio::test]
 async fn listing_pages_by_100_by_default_and_1000_at_most() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let user = new_user();
     for _ in 0..1005 {
         created(&mut client, create(&user)).await;
@@ -203,7 +200,7 @@ async fn listing_pages_by_100_by_default_and_1000_at_most() {
 
 #[tokio::test]
 async fn listing_filters_by_status_and_user() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let (alice, bob) = (new_user(), new_user());
     let a1 = created(&mut client, create(&alice)).await;
     let mut shipping = create(&alice);
@@ -240,7 +237,7 @@ async fn listing_filters_by_status_and_user() {
 
 #[tokio::test]
 async fn status_moves_forward_only() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let order = created(&mut client, create(&new_user())).await;
     let set = |status: OrderStatus| UpdateOrderStatusRequest {
         order_id: order.order_id.clone(),
@@ -290,7 +287,7 @@ async fn status_moves_forward_only() {
 
 #[tokio::test]
 async fn details_change_but_shipped_addresses_do_not() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let order = created(&mut client, create(&new_user())).await;
     let details = |emails: &[&str], street: Option<&str>| UpdateOrderDetailsRequest {
         order_id: order.order_id.clone(),
@@ -352,7 +349,7 @@ async fn details_change_but_shipped_addresses_do_not() {
 
 #[tokio::test]
 async fn user_contact_reaches_only_that_users_older_orders() {
-    let (_server, mut client, _dir) = started().await;
+    let (_stack, mut client) = started().await;
     let user = new_user();
     let open = created(&mut client, create(&user)).await;
     let mut shipping = create(&user);

@@ -3,8 +3,6 @@
 //! broker vanishes, order-svc is down, a poison message arrives, events come twice or out
 //! of order, or user-svc dies between committing a change and publishing it.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -15,29 +13,26 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use nix::sys::signal::Signal;
-use support::sync::*;
-use support::*;
-use tandem::domain::{EmailCheck, EmailList, UserId};
-use tandem::proto::user::v1::user_service_client::UserServiceClient;
-use tandem_messaging::event::UserUpdated;
+use tandem::domain::{Flavor, UserContact, UserId};
+use tandem_messaging::UserUpdated;
+use tandem_testkit::*;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
 async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
-    let connection =
-        tandem_messaging::amqp::connect(&amqp_url(RABBITMQ.parse().unwrap()), "tandem test")
-            .await
-            .unwrap();
+    let connection = tandem_messaging::amqp::connect(&broker::amqp_url(), "tandem test")
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     (connection, channel)
 }
 
 /// Publishes a raw body to the stack's events exchange, as a misbehaving or old producer
 /// would.
-async fn publish_raw(stack: &SyncStack, body: &[u8], message_id: &str) {
+async fn publish_raw(stack: &Stack, body: &[u8], message_id: &str) {
     publish_to(
         stack,
-        &stack.topology.exchange,
+        &stack.topology().exchange,
         body,
         message_id,
         Some("rid-raw"),
@@ -47,14 +42,14 @@ async fn publish_raw(stack: &SyncStack, body: &[u8], message_id: &str) {
 
 /// Publishes a body to one of the stack's exchanges and waits for the broker's confirm.
 async fn publish_to(
-    stack: &SyncStack,
+    stack: &Stack,
     exchange: &str,
     body: &[u8],
     message_id: &str,
     request_id: Option<&str>,
 ) {
     let (_connection, channel) = broker_channel().await;
-    tandem_messaging::amqp::declare(&channel, &stack.topology)
+    tandem_messaging::amqp::declare(&channel, stack.topology())
         .await
         .unwrap();
     channel
@@ -76,18 +71,13 @@ async fn publish_to(
 }
 
 fn event(user_id: &str, version: i64, email: &str, street: &str) -> UserUpdated {
-    UserUpdated::new(
-        uuid::Uuid::now_v7(),
-        UserId::parse(user_id).unwrap(),
+    let contact = UserContact {
+        user_id: UserId::parse(user_id).unwrap(),
         version,
-        &EmailList::parse(&[email.to_owned()], EmailCheck::Lenient).unwrap(),
-        &tandem::domain::Address::parse(Some(&PbAddress {
-            street: street.into(),
-            ..address("")
-        }))
-        .unwrap(),
-        chrono::Utc::now(),
-    )
+        emails: emails(&[email]),
+        delivery_address: domain_address(street),
+    };
+    UserUpdated::new(contact, chrono::Utc::now())
 }
 
 async fn metric_at_least(ops: &str, name: &str, at_least: f64) {
@@ -101,17 +91,17 @@ async fn metric_at_least(ops: &str, name: &str, at_least: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_stream_loses_nothing() {
-    let mut stack = SyncStack::start().await;
+    let mut stack = StackBuilder::sync().start().await;
     let mut expected = stack.seed(10, 3).await;
     let ids: Vec<String> = expected.keys().cloned().collect();
     let mut users = stack.users().await;
     for step in 0..150 {
         if step == 50 {
             // Mid-stream, some deliveries in hand and unacknowledged.
-            stack.worker.as_mut().unwrap().kill().await;
+            stack.kill(Service::Worker).await;
         }
         if step == 100 {
-            stack.start_worker().await;
+            stack.start(Service::Worker).await;
         }
         let id = &ids[step % ids.len()];
         let contact = stack.update(&mut users, id, step).await;
@@ -126,16 +116,16 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_is_away_the_api_answers_and_events_wait() {
-    let stack = SyncStack::start().await;
+    let stack = StackBuilder::sync().start().await;
     let mut expected = stack.seed(5, 2).await;
     let before = expected.clone();
     let ids: Vec<String> = expected.keys().cloned().collect();
-    stack.proxy.cut();
+    stack.proxy().cut();
     eventually(
         Duration::from_secs(30),
         "the relay to notice the broker is gone",
         || async {
-            (metric(&stack.user_ops, "tandem_user_relay_connected").await == Some(0.0))
+            (metric(&stack.ops(Service::UserV1), "tandem_user_relay_connected").await == Some(0.0))
                 .then_some(())
         },
     )
@@ -148,8 +138,13 @@ async fn while_the_broker_is_away_the_api_answers_and_events_wait() {
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    metric_at_least(&stack.user_ops, "tandem_user_outbox_pending", 30.0).await;
-    let health = reqwest::get(format!("http://{}/healthz", stack.user_ops))
+    metric_at_least(
+        &stack.ops(Service::UserV1),
+        "tandem_user_outbox_pending",
+        30.0,
+    )
+    .await;
+    let health = reqwest::get(format!("http://{}/healthz", stack.ops(Service::UserV1)))
         .await
         .unwrap();
     assert_eq!(
@@ -170,28 +165,24 @@ async fn while_the_broker_is_away_the_api_answers_and_events_wait() {
         "nothing reached the orders yet"
     );
 
-    stack.proxy.restore();
+    stack.proxy().restore();
     stack.wait_converged(&expected, CONVERGE).await;
     println!(
         "broker away for 30 updates: 30 answered, 30 waited in the outbox, all applied after; lost updates: 0"
     );
     eventually(Duration::from_secs(10), "an empty outbox", || async {
-        (metric(&stack.user_ops, "tandem_user_outbox_pending").await == Some(0.0)).then_some(())
+        (metric(&stack.ops(Service::UserV1), "tandem_user_outbox_pending").await == Some(0.0))
+            .then_some(())
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_order_svc_is_down_the_worker_waits_without_spinning() {
-    let mut stack = SyncStack::start().await;
+    let mut stack = StackBuilder::sync().start().await;
     let mut expected = stack.seed(5, 2).await;
     let ids: Vec<String> = expected.keys().cloned().collect();
-    stack
-        .order_svc
-        .as_mut()
-        .unwrap()
-        .terminate(Duration::from_secs(10))
-        .await;
+    stack.stop(Service::Orders).await;
     // Down for 30 s, as in the quality bars: longer than any backoff step, and long
     // enough that a worker requeueing instead of waiting would pass a quorum queue's
     // delivery limit and lose events to the dead-letter queue.
@@ -204,8 +195,13 @@ async fn while_order_svc_is_down_the_worker_waits_without_spinning() {
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    metric_at_least(&stack.worker_ops, "tandem_sync_apply_retries", 1.0).await;
-    let first = metric(&stack.worker_ops, "tandem_sync_apply_retries")
+    metric_at_least(
+        &stack.ops(Service::Worker),
+        "tandem_sync_apply_retries",
+        1.0,
+    )
+    .await;
+    let first = metric(&stack.ops(Service::Worker), "tandem_sync_apply_retries")
         .await
         .unwrap();
     // Watch the retries until order-svc has been down 30 s: they back off (100 ms,
@@ -213,7 +209,7 @@ async fn while_order_svc_is_down_the_worker_waits_without_spinning() {
     // retries per event in 30 s; a hot loop would make thousands.
     // (A wait for time itself, the scenario's length, not for some state to be reached.)
     tokio::time::sleep_until((down_since + DOWN_FOR).into()).await;
-    let retries = metric(&stack.worker_ops, "tandem_sync_apply_retries")
+    let retries = metric(&stack.ops(Service::Worker), "tandem_sync_apply_retries")
         .await
         .unwrap()
         - first;
@@ -222,11 +218,15 @@ async fn while_order_svc_is_down_the_worker_waits_without_spinning() {
         "{retries} retries while order-svc was down: the worker is spinning"
     );
     assert_eq!(
-        metric(&stack.worker_ops, "tandem_sync_events_dead_lettered").await,
+        metric(
+            &stack.ops(Service::Worker),
+            "tandem_sync_events_dead_lettered"
+        )
+        .await,
         Some(0.0)
     );
 
-    stack.start_order_svc().await;
+    stack.start(Service::Orders).await;
     stack.wait_converged(&expected, CONVERGE).await;
     println!(
         "order-svc down 30 s during 20 updates: {retries} retries, 0 dead letters, all applied after its restart; lost updates: 0"
@@ -235,12 +235,13 @@ async fn while_order_svc_is_down_the_worker_waits_without_spinning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_and_the_rest_flow() {
-    let stack = SyncStack::start().await;
+    let stack = StackBuilder::sync().start().await;
     let mut expected = stack.seed(3, 2).await;
     let ids: Vec<String> = expected.keys().cloned().collect();
 
     publish_raw(&stack, b"{this is not json", "poison-1").await;
-    let mut bad = serde_json::to_value(event(&ids[0], 5, "x@x.io", "5 St")).unwrap();
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&event(&ids[0], 5, "x@x.io", "5 St").to_json()).unwrap();
     bad["version"] = serde_json::json!("0");
     publish_raw(&stack, bad.to_string().as_bytes(), "poison-2").await;
 
@@ -250,7 +251,12 @@ async fn a_poison_message_is_dead_lettered_and_the_rest_flow() {
         expected.insert(id.clone(), contact);
     }
     stack.wait_converged(&expected, CONVERGE).await;
-    metric_at_least(&stack.worker_ops, "tandem_sync_events_dead_lettered", 2.0).await;
+    metric_at_least(
+        &stack.ops(Service::Worker),
+        "tandem_sync_events_dead_lettered",
+        2.0,
+    )
+    .await;
 
     // The DLQ tool lists both, with their reasons, and leaves them there.
     for _ in 0..2 {
@@ -289,14 +295,14 @@ async fn a_poison_message_is_dead_lettered_and_the_rest_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_replayed_once_fixed() {
-    let stack = SyncStack::start().await;
+    let stack = StackBuilder::sync().start().await;
     let expected_before = stack.seed(1, 2).await;
     let user_id = expected_before.keys().next().unwrap().clone();
     // A good event that was dead-lettered earlier (say, while order-svc refused it).
     let good = event(&user_id, 7, "replayed@x.io", "7 Replay Rd");
     publish_to(
         &stack,
-        &stack.topology.dead_letter,
+        &stack.topology().dead_letter,
         good.to_json().as_bytes(),
         &good.event_id,
         None,
@@ -332,7 +338,7 @@ async fn dead_letters_can_be_replayed_once_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_reordering_cannot_undo_a_newer_change() {
-    let stack = SyncStack::start().await;
+    let stack = StackBuilder::sync().start().await;
     let seeded = stack.seed(1, 3).await;
     let user_id = seeded.keys().next().unwrap().clone();
     let newest = event(&user_id, 3, "v3@x.io", "3 New St");
@@ -340,7 +346,12 @@ async fn duplicates_and_reordering_cannot_undo_a_newer_change() {
     publish_raw(&stack, newest.to_json().as_bytes(), &newest.event_id).await;
     publish_raw(&stack, newest.to_json().as_bytes(), &newest.event_id).await; // again
     publish_raw(&stack, older.to_json().as_bytes(), &older.event_id).await; // late
-    metric_at_least(&stack.worker_ops, "tandem_sync_events_applied", 3.0).await;
+    metric_at_least(
+        &stack.ops(Service::Worker),
+        "tandem_sync_events_applied",
+        3.0,
+    )
+    .await;
     let expected = HashMap::from([(
         user_id,
         Contact {
@@ -351,7 +362,7 @@ async fn duplicates_and_reordering_cannot_undo_a_newer_change() {
     assert_eq!(stack.converged(&expected).await, Ok(()));
     // Three deliveries, one change: the duplicate and the late event modified nothing.
     assert_eq!(
-        metric(&stack.worker_ops, "tandem_sync_orders_modified").await,
+        metric(&stack.ops(Service::Worker), "tandem_sync_orders_modified").await,
         Some(3.0)
     );
     println!(
@@ -361,7 +372,7 @@ async fn duplicates_and_reordering_cannot_undo_a_newer_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
-    let mut stack = SyncStack::start().await;
+    let mut stack = StackBuilder::sync().start().await;
     let mut expected = stack.seed(8, 2).await;
     let ids: Vec<String> = expected.keys().cloned().collect();
     let mut users = stack.users().await;
@@ -371,14 +382,13 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
         expected.insert(id.clone(), contact);
     }
     // With order-svc frozen, the next updates pile up in the worker's hands.
-    let order_svc = stack.order_svc.as_ref().unwrap();
-    order_svc.signal(Signal::SIGSTOP);
+    stack.signal(Service::Orders, Signal::SIGSTOP);
     for step in 30..40 {
         let id = &ids[step % ids.len()];
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    let ops = stack.worker_ops.clone();
+    let ops = stack.ops(Service::Worker);
     eventually(CONVERGE, "the worker to hold all 40 updates", || {
         let ops = ops.clone();
         async move {
@@ -390,21 +400,18 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
     assert!(applied_before < 40.0, "some updates must still be in hand");
     // SIGTERM with deliveries in hand; order-svc comes back only once the worker is
     // draining, so what it held cannot have been finished before.
-    let worker = stack.worker.as_ref().unwrap();
-    worker.signal(Signal::SIGTERM);
+    stack.signal(Service::Worker, Signal::SIGTERM);
     eventually(CONVERGE, "the worker to start draining", || {
-        let draining = worker
+        let draining = stack
+            .proc(Service::Worker)
             .output()
             .contains("stopping: finishing the deliveries in hand");
         async move { draining.then_some(()) }
     })
     .await;
-    stack.order_svc.as_ref().unwrap().signal(Signal::SIGCONT);
+    stack.signal(Service::Orders, Signal::SIGCONT);
     let status = stack
-        .worker
-        .as_mut()
-        .unwrap()
-        .wait(Duration::from_secs(30))
+        .wait_exit(Service::Worker, Duration::from_secs(30))
         .await;
     assert!(status.success(), "the worker exited with {status}");
     // No worker runs now: the updates it held are applied only if it finished them
@@ -415,7 +422,7 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    stack.start_worker().await;
+    stack.start(Service::Worker).await;
     for step in 60..80 {
         let id = &ids[step % ids.len()];
         let contact = stack.update(&mut users, id, step).await;
@@ -423,7 +430,11 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
     }
     stack.wait_converged(&expected, CONVERGE).await;
     assert_eq!(
-        metric(&stack.worker_ops, "tandem_sync_events_redelivered").await,
+        metric(
+            &stack.ops(Service::Worker),
+            "tandem_sync_events_redelivered"
+        )
+        .await,
         Some(0.0),
         "the stopped worker handed deliveries back instead of finishing them"
     );
@@ -435,14 +446,137 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
     );
 }
 
-/// An exclusive queue of the test's own on the stack's exchange: it sees every event
-/// published at all.
-async fn audit_queue(stack: &SyncStack) -> (lapin::Connection, lapin::Channel, String) {
-    let (connection, channel) = broker_channel().await;
-    tandem_messaging::amqp::declare(&channel, &stack.topology)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_failing_is_dead_lettered_once_its_retry_budget_is_spent() {
+    // The worker calls a server that is not order-svc (user-svc v1 itself): every
+    // ApplyUserContact answers UNIMPLEMENTED, a failure that never goes away. Retried
+    // forever, such events would hold their delivery slots (and with 32 of them, all
+    // sync) for good.
+    let stack = StackBuilder::sync()
+        .worker_applies_to(Service::UserV1)
+        .retry_budget(Duration::from_secs(2))
+        .start()
+        .await;
+    let seeded = stack.seed(3, 1).await;
+    let mut users = stack.users().await;
+    for (step, id) in seeded.keys().enumerate() {
+        stack.update(&mut users, id, step).await;
+    }
+    let ops = stack.ops(Service::Worker);
+    metric_at_least(&ops, "tandem_sync_events_dead_lettered", 3.0).await;
+    assert!(metric(&ops, "tandem_sync_apply_retries").await >= Some(3.0));
+    let out = stack.worker_command(&["dlq", "list", "--json"]);
+    let reasons: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let letter: serde_json::Value = serde_json::from_str(l).unwrap();
+            letter["reason"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("Unimplemented") && r.contains("retry budget is 2s")),
+        "{reasons:?}"
+    );
+    println!(
+        "3 events order-svc could never apply: retried for 2 s each, then dead-lettered with their reason"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_a_request_id_is_followed_under_a_fresh_one() {
+    let stack = StackBuilder::sync().start().await;
+    let seeded = stack.seed(1, 1).await;
+    let user_id = seeded.keys().next().unwrap().clone();
+    let old = event(&user_id, 2, "no-rid@x.io", "2 Quiet St");
+    publish_to(
+        &stack,
+        &stack.topology().exchange,
+        old.to_json().as_bytes(),
+        &old.event_id,
+        None,
+    )
+    .await;
+    let expected = HashMap::from([(
+        user_id.clone(),
+        Contact {
+            emails: vec!["no-rid@x.io".into()],
+            street: "2 Quiet St".into(),
+        },
+    )]);
+    stack.wait_converged(&expected, CONVERGE).await;
+    // order-svc logs each ApplyUserContact inside a span naming the call's request id.
+    let log = stack.proc(Service::Orders).output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("user contact applied") && l.contains(&user_id))
+        .unwrap_or_else(|| panic!("no ApplyUserContact for {user_id} in:\n{log}"));
+    let request_id = line
+        .split("request_id=")
+        .nth(1)
+        .and_then(|rest| rest.split(['}', ' ']).next())
+        .unwrap_or_default();
+    assert!(
+        uuid::Uuid::parse_str(request_id).is_ok(),
+        "the call carried request id {request_id:?}: {line}"
+    );
+    println!("an event with no request id was applied under the fresh request id {request_id}");
+}
+
+/// What `sync-worker dlq replay` (and the worker's dead-lettering) publish with: a broker
+/// that accepted the connection and then stopped answering must not hold the publisher
+/// (and the message it took from the dead-letter queue) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_broker_gone_silent_gives_up_within_its_timeout() {
+    use tandem_messaging::amqp::{PublishError, publish_confirmed};
+    let real = broker::amqp_url();
+    let proxy = ChaosProxy::start(broker::broker_addr(&real).await).await;
+    let connection =
+        tandem_messaging::amqp::connect(&broker::url_via(&real, proxy.addr), "tandem test")
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let topology = broker::unique_topology("silent");
+    tandem_messaging::amqp::declare(&channel, &topology)
         .await
         .unwrap();
-    let audit = format!("{}.audit", stack.topology.queue);
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    proxy.silence();
+    let started = std::time::Instant::now();
+    let published = publish_confirmed(
+        &channel,
+        &topology.exchange,
+        tandem_messaging::USER_UPDATED,
+        b"{}",
+        tandem_messaging::amqp::event_properties("silent-1", None, "test"),
+        Duration::from_secs(1),
+    )
+    .await;
+    let waited = started.elapsed();
+    proxy.restore();
+    drop(connection);
+    broker::remove_topology(&real, &topology);
+    assert!(
+        matches!(published, Err(PublishError::Timeout(_))),
+        "{published:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    println!("a publish to a silent broker gave up after {waited:?} (timeout 1 s)");
+}
+
+/// An exclusive queue of the test's own on the stack's exchange: it sees every event
+/// published at all.
+async fn audit_queue(stack: &Stack) -> (lapin::Connection, lapin::Channel, String) {
+    let (connection, channel) = broker_channel().await;
+    tandem_messaging::amqp::declare(&channel, stack.topology())
+        .await
+        .unwrap();
+    let audit = format!("{}.audit", stack.topology().queue);
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         ..Default::default()
@@ -454,7 +588,7 @@ async fn audit_queue(stack: &SyncStack) -> (lapin::Connection, lapin::Channel, S
     channel
         .queue_bind(
             audit.as_str().into(),
-            stack.topology.exchange.as_str().into(),
+            stack.topology().exchange.as_str().into(),
             "user.updated".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -484,7 +618,7 @@ async fn audited(channel: &lapin::Channel, audit: &str, n: usize) -> Vec<UserUpd
             .unwrap_or_else(|_| panic!("only {} of {n} events were published", events.len()))
             .unwrap()
             .unwrap();
-        events.push(serde_json::from_slice(&delivery.data).unwrap());
+        events.push(UserUpdated::parse(&delivery.data).unwrap());
         delivery
             .acker
             .ack(BasicAckOptions::default())
@@ -501,13 +635,11 @@ async fn audited(channel: &lapin::Channel, audit: &str, n: usize) -> Vec<UserUpd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_the_outbox_without_publishing_twice() {
-    let mut stack = SyncStack::start().await;
+    let stack = StackBuilder::sync().binary(Service::UserV2).start().await;
     let (_connection, channel, audit) = audit_queue(&stack).await;
-    let v2_addr = stack.start_user_svc_v2().await;
     let mut expected = stack.seed(6, 2).await;
     let ids: Vec<String> = expected.keys().cloned().collect();
-    let v2 = UserServiceClient::new(support::channel(&format!("http://{v2_addr}")).await);
-    let mut clients = [stack.users().await, v2];
+    let mut clients = [stack.users().await, stack.user_client(Flavor::V2).await];
     for step in 0..60 {
         let id = &ids[step % ids.len()];
         let contact = stack.update(&mut clients[step % 2], id, step).await;
@@ -522,29 +654,34 @@ async fn two_relays_share_the_outbox_without_publishing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
-    let mut stack = SyncStack::start().await;
+    let mut stack = StackBuilder::sync().start().await;
     let (_connection, channel, audit) = audit_queue(&stack).await;
     let mut expected = stack.seed(8, 2).await;
     let all: Vec<String> = expected.keys().cloned().collect();
     // Changes commit while nothing can be published…
-    stack.proxy.cut();
+    stack.proxy().cut();
     let mut users = stack.users().await;
     let changed: HashSet<String> = all[..5].iter().cloned().collect();
     for (step, id) in changed.iter().enumerate() {
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    metric_at_least(&stack.user_ops, "tandem_user_outbox_pending", 5.0).await;
+    metric_at_least(
+        &stack.ops(Service::UserV1),
+        "tandem_user_outbox_pending",
+        5.0,
+    )
+    .await;
     // …and user-svc dies before it could publish them.
-    stack.user_svc.as_mut().unwrap().kill().await;
-    stack.proxy.restore();
-    stack.start_user_svc().await;
+    stack.kill(Service::UserV1).await;
+    stack.proxy().restore();
+    stack.start(Service::UserV1).await;
     stack.wait_converged(&expected, CONVERGE).await;
 
     let published: HashSet<String> = audited(&channel, &audit, changed.len())
         .await
         .into_iter()
-        .map(|e| e.user_id)
+        .map(|e| e.contact.user_id.to_string())
         .collect();
     assert_eq!(
         published, changed,
@@ -561,7 +698,7 @@ async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the shared RabbitMQ; run by scripts/faults, one test at a time"]
 async fn rabbitmq_stopped_and_restarted_loses_nothing() {
-    let stack = SyncStack::start().await;
+    let stack = StackBuilder::sync().start().await;
     let mut expected = stack.seed(5, 2).await;
     let ids: Vec<String> = expected.keys().cloned().collect();
     let rabbitmqctl = |action: &str| {
@@ -578,7 +715,12 @@ async fn rabbitmq_stopped_and_restarted_loses_nothing() {
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    metric_at_least(&stack.user_ops, "tandem_user_outbox_pending", 20.0).await;
+    metric_at_least(
+        &stack.ops(Service::UserV1),
+        "tandem_user_outbox_pending",
+        20.0,
+    )
+    .await;
     rabbitmqctl("start_app");
     stack.wait_converged(&expected, CONVERGE).await;
     println!("RabbitMQ stopped for 20 updates and started again: all applied; lost updates: 0");

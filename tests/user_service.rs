@@ -1,14 +1,12 @@
 //! user-svc over gRPC, both flavors, in-process on port 0 over a real SQLite file.
 
-mod support;
-
 use std::time::Duration;
 
 use prost_types::FieldMask;
-use support::*;
+use tandem::domain::Flavor;
 use tandem::proto::user::v1::{CreateUserRequest, GetUserRequest, UpdateUserContactRequest, User};
+use tandem_testkit::*;
 use tonic::Code;
-use user_svc::Flavor;
 
 fn create(emails: &[&str]) -> CreateUserRequest {
     CreateUserRequest {
@@ -44,9 +42,8 @@ async fn created(client: &mut Client, emails: &[&str]) -> User {
 
 #[tokio::test]
 async fn v1_keeps_legacy_behavior() {
-    let dir = tempfile::tempdir().unwrap();
-    let v1 = start_user_svc(Flavor::V1, &dir.path().join("u.sqlite")).await;
-    let mut client = user_client(&v1).await;
+    let stack = Stack::builder().with(Service::UserV1).start().await;
+    let mut client = stack.user_client(Flavor::V1).await;
     let user = created(&mut client, &["not-an-email"]).await;
     assert_eq!(user.emails, ["not-an-email"]);
     assert_eq!((user.created_at, user.updated_at), (None, None));
@@ -66,9 +63,8 @@ async fn v1_keeps_legacy_behavior() {
 
 #[tokio::test]
 async fn v2_checks_emails_and_stamps_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let v2 = start_user_svc(Flavor::V2, &dir.path().join("u.sqlite")).await;
-    let mut client = user_client(&v2).await;
+    let stack = Stack::builder().with(Service::UserV2).start().await;
+    let mut client = stack.user_client(Flavor::V2).await;
 
     let refused = client
         .create_user(create(&["rob@example.com", "not-an-email"]))
@@ -112,11 +108,15 @@ async fn v2_checks_emails_and_stamps_changes() {
 
 #[tokio::test]
 async fn flavors_share_one_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("u.sqlite");
-    let v1 = start_user_svc(Flavor::V1, &db).await;
-    let v2 = start_user_svc(Flavor::V2, &db).await;
-    let (mut c1, mut c2) = (user_client(&v1).await, user_client(&v2).await);
+    let stack = Stack::builder()
+        .with(Service::UserV1)
+        .with(Service::UserV2)
+        .start()
+        .await;
+    let (mut c1, mut c2) = (
+        stack.user_client(Flavor::V1).await,
+        stack.user_client(Flavor::V2).await,
+    );
 
     let from_v1 = created(&mut c1, &[&unique_email("one")]).await;
     let seen_by_v2 = c2
@@ -155,11 +155,15 @@ async fn flavors_share_one_store() {
 
 #[tokio::test]
 async fn an_email_belongs_to_one_user_whatever_the_case_or_flavor() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("u.sqlite");
-    let v1 = start_user_svc(Flavor::V1, &db).await;
-    let v2 = start_user_svc(Flavor::V2, &db).await;
-    let (mut c1, mut c2) = (user_client(&v1).await, user_client(&v2).await);
+    let stack = Stack::builder()
+        .with(Service::UserV1)
+        .with(Service::UserV2)
+        .start()
+        .await;
+    let (mut c1, mut c2) = (
+        stack.user_client(Flavor::V1).await,
+        stack.user_client(Flavor::V2).await,
+    );
     created(&mut c1, &["Robert.Williams@hotmail.com"]).await;
 
     let clash = c2
@@ -186,11 +190,15 @@ async fn an_email_belongs_to_one_user_whatever_the_case_or_flavor() {
 
 #[tokio::test]
 async fn concurrent_creates_with_one_email_admit_exactly_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("u.sqlite");
-    let v1 = start_user_svc(Flavor::V1, &db).await;
-    let v2 = start_user_svc(Flavor::V2, &db).await;
-    let clients = [user_client(&v1).await, user_client(&v2).await];
+    let stack = Stack::builder()
+        .with(Service::UserV1)
+        .with(Service::UserV2)
+        .start()
+        .await;
+    let clients = [
+        stack.user_client(Flavor::V1).await,
+        stack.user_client(Flavor::V2).await,
+    ];
     let attempts = (0..20).map(|i| {
         let mut client = clients[i % 2].clone();
         tokio::spawn(async move { client.create_user(create(&["race@example.com"])).await })
@@ -210,12 +218,11 @@ async fn concurrent_creates_with_one_email_admit_exactly_one() {
 
 #[tokio::test]
 async fn bad_requests_name_every_bad_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let v2 = start_user_svc(Flavor::V2, &dir.path().join("u.sqlite")).await;
-    let mut client = user_client(&v2).await;
+    let stack = Stack::builder().with(Service::UserV2).start().await;
+    let mut client = stack.user_client(Flavor::V2).await;
 
     let mut request = create(&[]);
-    request.delivery_address = Some(PbAddress {
+    request.delivery_address = Some(tandem::proto::common::v1::Address {
         city: String::new(),
         postal_code: " ".into(),
         ..address("1 Main St")
@@ -288,10 +295,8 @@ async fn bad_requests_name_every_bad_field() {
 
 #[tokio::test]
 async fn every_contact_change_leaves_an_event_in_the_outbox() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("u.sqlite");
-    let v1 = start_user_svc(Flavor::V1, &db).await;
-    let mut client = user_client(&v1).await;
+    let stack = Stack::builder().with(Service::UserV1).start().await;
+    let mut client = stack.user_client(Flavor::V1).await;
     let user = created(&mut client, &[&unique_email("a")]).await;
     let new_email = unique_email("b");
     client
@@ -303,7 +308,9 @@ async fn every_contact_change_leaves_an_event_in_the_outbox() {
         .await
         .unwrap();
 
-    let store = user_svc::store::SqliteUserStore::open(&db).unwrap();
+    let store = user_svc::store::SqliteUserStore::open(&stack.user_db())
+        .await
+        .unwrap();
     use user_svc::store::UserStore;
     let events = store
         .claim_outbox("test", Duration::from_secs(30), 10)
@@ -311,10 +318,14 @@ async fn every_contact_change_leaves_an_event_in_the_outbox() {
         .unwrap();
     let bodies: Vec<_> = events
         .iter()
-        .map(|e| tandem_messaging::event::UserUpdated::parse(e.payload.as_bytes()).unwrap())
+        .map(|e| {
+            tandem_messaging::UserUpdated::parse(e.payload.as_bytes())
+                .unwrap()
+                .contact
+        })
         .collect();
     assert_eq!(bodies.iter().map(|b| b.version).collect::<Vec<_>>(), [2, 3]);
     assert!(bodies.iter().all(|b| b.user_id.to_string() == user.user_id));
     assert_eq!(bodies[1].emails.to_strings(), [new_email]);
-    assert_eq!(bodies[1].delivery_address.street, "2 Second St");
+    assert_eq!(bodies[1].delivery_address.street(), "2 Second St");
 }

@@ -1,16 +1,15 @@
 //! R3: ApplyUserContact uses the index. The cost of applying a contact change to a user's
 //! 1,000 orders, among 10,000 orders in all and among 1,000,000. Bar: ≤ 1.5×.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use order_svc::model::{Order, OrderItem};
 use order_svc::store::SqliteOrderStore;
 use serde::Serialize;
-use tandem::domain::{Address, EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId};
+use tandem::domain::{EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId};
 use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
-use tandem_testkit::{Proc, bin, free_port, wait_serving};
+use tandem_testkit::{Service, StackBuilder, domain_address as address};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Size {
@@ -27,16 +26,6 @@ pub struct R3 {
     pub sizes: Vec<Size>,
     /// Median at the largest size / median at the smallest.
     pub ratio: f64,
-}
-
-fn address(street: &str) -> Address {
-    Address {
-        street: street.into(),
-        city: "Ottawa".into(),
-        province: "ON".into(),
-        postal_code: "K2P 1L4".into(),
-        country: "Canada".into(),
-    }
 }
 
 fn order(user_id: UserId, n: usize, emails: &EmailList) -> Order {
@@ -62,7 +51,7 @@ fn order(user_id: UserId, n: usize, emails: &EmailList) -> Order {
 async fn measure(total: usize, user_orders: usize, calls: usize) -> anyhow::Result<Size> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("order_db.sqlite");
-    let store = SqliteOrderStore::open(&db)?;
+    let store = SqliteOrderStore::open(&db).await?;
     let emails = EmailList::parse(&["seed@bench.example".to_owned()], EmailCheck::Lenient)
         .map_err(|v| anyhow::anyhow!("{v}"))?;
     let target = UserId::new_random();
@@ -89,20 +78,13 @@ async fn measure(total: usize, user_orders: usize, calls: usize) -> anyhow::Resu
     store.bulk_insert(batch).await?;
     drop(store);
 
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(bin("order-svc"));
-    command
-        .current_dir(dir.path())
+    let stack = StackBuilder::new()
+        .binary(Service::Orders)
+        .order_store(&db)
         .env("RUST_LOG", "warn")
-        .args([
-            "--listen",
-            &listen,
-            "--ops-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .args(["--store", &format!("sqlite://{}", db.display())]);
-    let _order_svc = Proc::start("order-svc", &mut command, dir.path());
-    wait_serving(&listen, Duration::from_secs(60)).await;
+        .start()
+        .await;
+    let listen = stack.addr(Service::Orders);
     let mut client = OrderServiceClient::connect(format!("http://{listen}")).await?;
     let mut times = Vec::with_capacity(calls);
     // Version 1 and 2 warm the caches; the measured calls follow, each a real change.

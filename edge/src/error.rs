@@ -6,35 +6,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tonic::Code;
-use utoipa::ToSchema;
 
-/// One bad field of a request, named by its path in the JSON body (`emails[0]`,
-/// `deliveryAddress.postalCode`) or query (`limit`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub description: String,
-}
-
-/// The body of every error response.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// Always "error".
-    #[schema(example = "error")]
-    pub status: &'static str,
-    /// A google.rpc.Code name (INVALID_ARGUMENT, NOT_FOUND, …), or for HTTP-level refusals
-    /// NOT_FOUND, METHOD_NOT_ALLOWED, UNSUPPORTED_MEDIA_TYPE, PAYLOAD_TOO_LARGE,
-    /// REQUEST_TIMEOUT.
-    #[schema(example = "INVALID_ARGUMENT")]
-    pub code: &'static str,
-    /// A sentence for humans.
-    #[schema(example = "invalid request: emails[0]: is not a valid email address")]
-    pub detail: String,
-    /// The fields at fault, if the error is about fields.
-    pub fields: Vec<FieldError>,
-}
+pub use tandem_serving::http_error::{ErrorBody, FieldError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -134,10 +108,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            status: "error",
-            code: self.code,
-            detail: self.detail,
             fields: self.fields,
+            ..ErrorBody::new(self.code, self.detail)
         };
         let mut response = (self.http, Json(body)).into_response();
         for (name, value) in self.headers {
@@ -193,24 +165,6 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Turns a proto field path into the REST one: `delivery_address.postal_code` →
-/// `deliveryAddress.postalCode`, `items[0].item_id` → `items[0].itemId`.
-pub fn camel_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut upper_next = false;
-    for c in path.chars() {
-        match c {
-            '_' => upper_next = true,
-            c if upper_next => {
-                out.extend(c.to_uppercase());
-                upper_next = false;
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,19 +195,9 @@ mod tests {
     }
 
     #[test]
-    fn proto_paths_become_json_paths() {
-        assert_eq!(
-            camel_path("delivery_address.postal_code"),
-            "deliveryAddress.postalCode"
-        );
-        assert_eq!(camel_path("items[10].item_id"), "items[10].itemId");
-        assert_eq!(camel_path("emails[0]"), "emails[0]");
-    }
-
-    #[test]
     fn internal_causes_never_reach_the_client() {
         let status = tonic::Status::internal("sqlite: disk I/O error at /var/lib/secret");
-        let err = ApiError::from_status(&status, "the order service", camel_path);
+        let err = ApiError::from_status(&status, "the order service", tandem::domain::json_path);
         assert_eq!(err.http, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!err.detail.contains("sqlite"), "{}", err.detail);
     }

@@ -5,7 +5,9 @@
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::error::{ApiError, FieldError};
 
@@ -220,10 +222,41 @@ fn without_position(message: &str) -> String {
     }
 }
 
+/// A whole number as JSON Schema counts them: `2` or `2.0` (an integer-valued number),
+/// that fits `T`. serde alone refuses `2.0`.
+pub fn whole_number<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    let raw: Box<RawValue> = Deserialize::deserialize(d)?;
+    let text = raw.get();
+    let n = match text.parse::<i64>() {
+        Ok(n) => n,
+        // i64::MAX as f64 rounds up to 2^63, which does not fit: compare strictly below.
+        Err(_) => match text.parse::<f64>() {
+            Ok(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => f as i64,
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "expected a whole number, got {text}"
+                )));
+            }
+        },
+    };
+    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+}
+
+/// A key that is present must hold a value: `"emails": null` is refused rather than
+/// read as "no change". (With `#[serde(default)]`, an absent key is `None`.)
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -8,7 +8,6 @@
 mod error;
 mod json;
 mod metrics;
-pub(crate) mod model;
 mod routes;
 pub mod routing;
 mod server;
@@ -23,7 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use error::{ErrorBody, camel_path, http_status};
+pub use error::{ErrorBody, http_status};
 pub use json::MAX_BODY_BYTES;
 use metrics::EdgeMetrics;
 use routing::Routing;
@@ -94,10 +93,9 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(config: Config) -> Result<Edge, Error> {
-        let routing = Routing::load(&config.routing_file).map_err(Error::Routing)?;
         let mut registry = Registry::with_prefix("tandem_edge");
+        let routing = Routing::load(&config.routing_file, &mut registry).map_err(Error::Routing)?;
         let metrics = EdgeMetrics::register(&mut registry);
-        metrics.set_routing_p(routing.current().p);
         let upstreams =
             Upstreams::new(&config.upstreams, metrics.clone()).map_err(Error::Upstream)?;
         let state = Arc::new(Shared {
@@ -134,7 +132,7 @@ impl Edge {
             let state = self.state.clone();
             let shutdown = shutdown.clone();
             let poll = self.routing_poll;
-            tokio::spawn(async move { routes::watch_routing(state, poll, shutdown).await })
+            tokio::spawn(async move { state.routing.watch(poll, shutdown).await })
         };
         let routing = self.state.routing.current();
         tracing::info!(

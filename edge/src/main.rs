@@ -5,9 +5,13 @@ use std::time::Duration;
 
 use clap::Parser;
 use edge::{AdminToken, Config, Edge, UpstreamConfig};
+use tandem_serving::listen::Listeners;
 use tandem_serving::telemetry::{self, LogArgs};
 
 /// tandem's edge: the public REST API over the internal gRPC services.
+///
+/// Under socket activation (LISTEN_FDS, as systemd sets it) the inherited socket serves
+/// HTTP, in place of --listen.
 #[derive(Debug, Parser)]
 #[command(name = "edge", version, about)]
 struct Args {
@@ -67,14 +71,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(&args.log);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("edge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tandem_serving::exit_status("edge", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -91,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
     };
     let edge = Edge::new(config)?;
-    let listener = tandem_serving::ops::bind(args.listen).await?;
+    let listener = Listeners::from_env().take_or_bind(0, args.listen).await?;
     edge.serve(listener, tandem_serving::shutdown::on_signal())
         .await?;
     Ok(())

@@ -1,6 +1,7 @@
 //! What the edge counts: every HTTP request by route and status, and every call to a user
 //! flavor by outcome and latency, plus failovers. Per-flavor figures are also kept as
-//! plain handles so `GET /admin/routing` can show them.
+//! plain handles so `GET /admin/routing` can show them. (The dial's own figures belong to
+//! [`crate::routing::Routing`].)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,13 +10,14 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::routing::Flavor;
+use std::sync::OnceLock;
+
+use tandem::domain::Flavor;
 
 // Labels are static strings: no allocation per request to count it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,23 +70,23 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// The label of a matched route template (one of the API's), or "unmatched".
+/// The label of a matched route template, or "unmatched". The templates are the paths
+/// of the OpenAPI document, which the router is built from, so a new route is labelled
+/// without being listed again here.
 pub fn route_label(matched: Option<&str>) -> &'static str {
-    const ROUTES: [&str; 9] = [
-        "/users",
-        "/users/{userId}",
-        "/orders",
-        "/orders/{orderId}",
-        "/orders/{orderId}/status",
-        "/orders/{orderId}/details",
-        "/health",
-        "/metrics",
-        "/admin/routing",
-    ];
+    static ROUTES: OnceLock<Vec<String>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(|| crate::routes::openapi().paths.paths.into_keys().collect());
     matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m))
-        .copied()
-        .unwrap_or("unmatched")
+        .and_then(|m| routes.iter().find(|r| *r == m))
+        .map_or("unmatched", String::as_str)
+}
+
+/// A flavor's place in per-flavor arrays.
+pub fn slot(flavor: Flavor) -> usize {
+    match flavor {
+        Flavor::V1 => 0,
+        Flavor::V2 => 1,
+    }
 }
 
 #[derive(Clone)]
@@ -92,8 +94,6 @@ pub struct EdgeMetrics {
     http: Family<HttpLabels, Counter>,
     http_latency: Family<RouteLabels, Histogram>,
     flavors: [FlavorMetrics; 2],
-    routing_p: Gauge,
-    routing_rejections: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -152,8 +152,6 @@ impl EdgeMetrics {
             http: Family::default(),
             http_latency: Family::new_with_constructor(latency_buckets),
             flavors: [flavor(Flavor::V1), flavor(Flavor::V2)],
-            routing_p: Gauge::default(),
-            routing_rejections: Counter::default(),
         };
         registry.register(
             "http_requests",
@@ -180,21 +178,7 @@ impl EdgeMetrics {
             "Requests that found a flavor unreachable and went to the other one, by the flavor that was down",
             failovers,
         );
-        registry.register(
-            "routing_p",
-            "Percent of user traffic routed to user-svc v1",
-            metrics.routing_p.clone(),
-        );
-        registry.register(
-            "routing_file_rejections",
-            "Changes of the routing file that did not parse and were ignored",
-            metrics.routing_rejections.clone(),
-        );
         metrics
-    }
-
-    pub fn routing_file_rejected(&self) {
-        self.routing_rejections.inc();
     }
 
     /// Counts one answered request. `method` and `route` are label values from
@@ -213,7 +197,7 @@ impl EdgeMetrics {
     }
 
     pub fn flavor_call(&self, flavor: Flavor, ok: bool, elapsed: Duration) {
-        let m = &self.flavors[flavor.index()];
+        let m = &self.flavors[slot(flavor)];
         if ok { &m.ok } else { &m.errors }.inc();
         m.latency.observe(elapsed.as_secs_f64());
         m.latency_micros
@@ -221,15 +205,11 @@ impl EdgeMetrics {
     }
 
     pub fn failover(&self, from: Flavor) {
-        self.flavors[from.index()].failovers_from.inc();
-    }
-
-    pub fn set_routing_p(&self, p: u8) {
-        self.routing_p.set(i64::from(p));
+        self.flavors[slot(from)].failovers_from.inc();
     }
 
     pub fn flavor_stats(&self, flavor: Flavor) -> FlavorStats {
-        let m = &self.flavors[flavor.index()];
+        let m = &self.flavors[slot(flavor)];
         let (ok, errors) = (m.ok.get(), m.errors.get());
         let calls = ok + errors;
         let micros = m.latency_micros.load(Ordering::Relaxed);
@@ -243,5 +223,23 @@ impl EdgeMetrics {
                 (micros as f64 / calls as f64).round() / 1000.0
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_of_the_router_is_a_label() {
+        for route in [
+            "/users/{userId}",
+            "/orders/{orderId}/details",
+            "/admin/routing",
+        ] {
+            assert_eq!(route_label(Some(route)), route);
+        }
+        assert_eq!(route_label(Some("/made/up")), "unmatched");
+        assert_eq!(route_label(None), "unmatched");
     }
 }

@@ -6,59 +6,22 @@
 //! ever moves users from v1 to v2. Requests that name no user (creates) are split at
 //! random with the same P. Random mode flips a P-weighted coin for every request, as the
 //! original gateway did.
+//!
+//! [`Routing`] owns the live dial, its file (watched for changes) and its metrics.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use tandem::domain::Flavor;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flavor {
-    V1,
-    V2,
-}
-
-impl Flavor {
-    pub fn other(self) -> Flavor {
-        match self {
-            Flavor::V1 => Flavor::V2,
-            Flavor::V2 => Flavor::V1,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flavor::V1 => "v1",
-            Flavor::V2 => "v2",
-        }
-    }
-
-    /// The `X-Served-By` value.
-    pub fn served_by(self) -> &'static str {
-        match self {
-            Flavor::V1 => "user-svc-v1",
-            Flavor::V2 => "user-svc-v2",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Flavor> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "v1" => Some(Flavor::V1),
-            "v2" => Some(Flavor::V2),
-            _ => None,
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Flavor::V1 => 0,
-            Flavor::V2 => 1,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -75,7 +38,7 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Percent of user traffic sent to user-svc v1 (0–100); the rest goes to v2.
-    #[serde(rename = "P", deserialize_with = "crate::model::whole_number")]
+    #[serde(rename = "P", deserialize_with = "crate::json::whole_number")]
     #[schema(minimum = 0, maximum = 100, example = 70)]
     pub p: u8,
     #[serde(default)]
@@ -104,6 +67,23 @@ impl RoutingConfig {
             return Err(format!("P must be between 0 and 100, not {}", self.p));
         }
         Ok(())
+    }
+
+    /// The config as one number, so P and mode change together: a request never sees a
+    /// new P with the old mode.
+    fn pack(self) -> u16 {
+        u16::from(self.p) | (u16::from(self.mode == Mode::Random) << 8)
+    }
+
+    fn unpack(packed: u16) -> RoutingConfig {
+        RoutingConfig {
+            p: (packed & 0xff) as u8,
+            mode: if packed >> 8 == 1 {
+                Mode::Random
+            } else {
+                Mode::Sticky
+            },
+        }
     }
 }
 
@@ -140,17 +120,21 @@ pub enum Reload {
 /// The live routing config, shared by every request (read without locks) and changed by
 /// the file watcher and the admin API.
 pub struct Routing {
-    p: AtomicU8,
-    mode: AtomicU8,
+    /// [`RoutingConfig::pack`]ed.
+    dial: AtomicU16,
     file: PathBuf,
-    /// Serializes changes, so the file and memory never disagree for long.
+    /// Serializes changes, so the file and memory never disagree for long; holds the
+    /// file's text as last read or written.
     writer: Mutex<Option<String>>,
+    p_gauge: Gauge,
+    rejections: Counter,
 }
 
 impl Routing {
-    /// Reads the routing file; a missing file means the defaults (P = 100), a file that
-    /// cannot be read or parsed is an error (at start-up there is no last good value).
-    pub fn load(file: &Path) -> Result<Routing, String> {
+    /// Reads the routing file and registers the dial's metrics. A missing file means the
+    /// defaults (P = 100); a file that cannot be read or parsed is an error (at start-up
+    /// there is no last good value).
+    pub fn load(file: &Path, registry: &mut Registry) -> Result<Routing, String> {
         let (config, seen) = match std::fs::read_to_string(file) {
             Ok(text) => (
                 RoutingConfig::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?,
@@ -160,24 +144,28 @@ impl Routing {
             Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
         };
         let routing = Routing {
-            p: AtomicU8::new(config.p),
-            mode: AtomicU8::new(0),
+            dial: AtomicU16::new(config.pack()),
             file: file.to_owned(),
             writer: Mutex::new(seen),
+            p_gauge: Gauge::default(),
+            rejections: Counter::default(),
         };
-        routing.store(config);
+        routing.p_gauge.set(i64::from(config.p));
+        registry.register(
+            "routing_p",
+            "Percent of user traffic routed to user-svc v1",
+            routing.p_gauge.clone(),
+        );
+        registry.register(
+            "routing_file_rejections",
+            "Changes of the routing file that did not parse and were ignored",
+            routing.rejections.clone(),
+        );
         Ok(routing)
     }
 
     pub fn current(&self) -> RoutingConfig {
-        RoutingConfig {
-            p: self.p.load(Ordering::Relaxed),
-            mode: if self.mode.load(Ordering::Relaxed) == 1 {
-                Mode::Random
-            } else {
-                Mode::Sticky
-            },
-        }
+        RoutingConfig::unpack(self.dial.load(Ordering::Relaxed))
     }
 
     pub fn file(&self) -> &Path {
@@ -185,9 +173,8 @@ impl Routing {
     }
 
     fn store(&self, config: RoutingConfig) {
-        self.p.store(config.p, Ordering::Relaxed);
-        self.mode
-            .store(u8::from(config.mode == Mode::Random), Ordering::Relaxed);
+        self.dial.store(config.pack(), Ordering::Relaxed);
+        self.p_gauge.set(i64::from(config.p));
     }
 
     /// Applies `config` now and writes it to the routing file atomically (a temporary
@@ -209,8 +196,7 @@ impl Routing {
     }
 
     /// Re-reads the file if its content changed. A file that does not parse keeps the
-    /// last good config and is logged. Polled (not watched with inotify): polling also
-    /// sees edits through a Docker bind mount of a single file, which replaces the inode.
+    /// last good config, and is logged and counted.
     pub async fn reload(&self) -> Reload {
         let text = match tokio::fs::read_to_string(&self.file).await {
             Ok(text) => text,
@@ -232,12 +218,27 @@ impl Routing {
             }
             Err(e) => {
                 let kept = self.current();
+                self.rejections.inc();
                 tracing::warn!(file = %self.file.display(), error = %e, kept_p = kept.p, "invalid routing file ignored; keeping the last good config");
                 Reload::Rejected
             }
         };
         *seen = Some(text);
         outcome
+    }
+
+    /// Keeps the dial in step with its file until `shutdown`. Polled (not watched with
+    /// inotify): polling also sees edits through a Docker bind mount of a single file,
+    /// which replaces the inode.
+    pub async fn watch(&self, poll: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => { self.reload().await; }
+            }
+        }
     }
 }
 
@@ -322,25 +323,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn p_and_mode_travel_together() {
+        for p in [0, 1, 50, 99, 100] {
+            for mode in [Mode::Sticky, Mode::Random] {
+                let config = RoutingConfig { p, mode };
+                assert_eq!(RoutingConfig::unpack(config.pack()), config);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn changes_persist_and_bad_files_keep_the_last_good_value() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("routing.json");
-        let routing = Routing::load(&file).unwrap();
+        let mut registry = Registry::default();
+        let routing = Routing::load(&file, &mut registry).unwrap();
         assert_eq!(routing.current(), RoutingConfig::default());
 
         routing.set(sticky(30)).await.unwrap();
-        assert_eq!(Routing::load(&file).unwrap().current(), sticky(30));
+        assert_eq!(routing.p_gauge.get(), 30);
+        assert_eq!(
+            Routing::load(&file, &mut Registry::default())
+                .unwrap()
+                .current(),
+            sticky(30)
+        );
 
         std::fs::write(&file, r#"{"P": 55}"#).unwrap();
         assert_eq!(routing.reload().await, Reload::Applied);
         assert_eq!(routing.current().p, 55);
+        assert_eq!(routing.p_gauge.get(), 55);
         assert_eq!(routing.reload().await, Reload::Unchanged);
         std::fs::write(&file, r#"{"P": "lots"}"#).unwrap();
         assert_eq!(routing.reload().await, Reload::Rejected);
         assert_eq!(routing.current().p, 55);
+        assert_eq!(routing.rejections.get(), 1);
         assert!(
-            Routing::load(&file).is_err(),
+            Routing::load(&file, &mut Registry::default()).is_err(),
             "a bad file at start-up is an error"
         );
     }

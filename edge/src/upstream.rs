@@ -13,8 +13,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::metrics::EdgeMetrics;
-use crate::routing::Flavor;
+use tandem::domain::Flavor;
+
+use crate::metrics::{EdgeMetrics, slot};
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -144,7 +145,7 @@ impl Upstreams {
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let started = Instant::now();
-        let client = self.users[flavor.index()].clone();
+        let client = self.users[slot(flavor)].clone();
         let result = call(client, self.request(message, request_id))
             .await
             .map(tonic::Response::into_inner)

@@ -4,6 +4,7 @@
 //! The binary is a thin shell over [`OrderSvc`]: open it (store first, so a bad store
 //! fails before any port is bound), then serve it on listeners the caller bound.
 
+mod error;
 pub mod model;
 mod page_token;
 mod service;
@@ -19,6 +20,7 @@ use tandem_storage::StoreUrl;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use error::OrderError;
 use service::OrderApi;
 pub use service::{DEFAULT_PAGE_SIZE, MAX_ITEMS, MAX_PAGE_SIZE};
 use store::OrderStore;
@@ -28,18 +30,8 @@ pub struct Config {
     pub store: StoreUrl,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot open the order store {url}: {source}")]
-    Store {
-        url: StoreUrl,
-        source: store::StoreError,
-    },
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("ops server failed: {0}")]
-    Ops(#[from] std::io::Error),
-}
+/// Why order-svc could not start or stopped serving.
+pub type ServeError = tandem_serving::ServeError<store::StoreError>;
 
 /// An opened order service, ready to serve.
 pub struct OrderSvc {
@@ -49,11 +41,12 @@ pub struct OrderSvc {
 
 impl OrderSvc {
     /// Opens the store (creating schema, indexes and validators).
-    pub async fn open(config: Config) -> Result<Self, Error> {
+    pub async fn open(config: Config) -> Result<Self, ServeError> {
         let store = store::open(&config.store)
             .await
-            .map_err(|source| Error::Store {
-                url: config.store.clone(),
+            .map_err(|source| ServeError::Store {
+                what: "order",
+                url: config.store.to_string(),
                 source,
             })?;
         Ok(Self { config, store })
@@ -70,10 +63,11 @@ impl OrderSvc {
         grpc: TcpListener,
         ops: Option<TcpListener>,
         shutdown: CancellationToken,
-    ) -> Result<(), Error> {
+    ) -> Result<(), ServeError> {
         let mut registry = Registry::with_prefix("tandem_order");
         let metrics = RpcMetrics::register(&mut registry);
-        let api = OrderApi::new(self.store.clone(), metrics);
+        let api = OrderApi::new(self.store.clone());
+        let ops_addr = ops.as_ref().and_then(|l| l.local_addr().ok());
         let ops_task = ops.map(|listener| {
             let health = health_check(self.store.clone());
             tokio::spawn(ops::serve(
@@ -83,10 +77,11 @@ impl OrderSvc {
                 shutdown.clone(),
             ))
         });
-        tracing::info!(store = %self.config.store, addr = ?grpc.local_addr().ok(), "order-svc serving");
+        tracing::info!(store = %self.config.store, addr = ?grpc.local_addr().ok(), ops = ?ops_addr, "order-svc serving");
         let routes = tonic::service::Routes::new(OrderServiceServer::new(api));
         let served =
-            tandem_serving::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
+            tandem_serving::grpc::serve(SERVICE_NAME, routes, metrics, grpc, shutdown.clone())
+                .await;
         shutdown.cancel();
         if let Some(task) = ops_task {
             task.await.map_err(std::io::Error::other)??;

@@ -3,10 +3,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use order_svc::{Config, OrderSvc};
+use tandem_serving::listen::Listeners;
 use tandem_serving::telemetry::{self, LogArgs};
 use tandem_storage::StoreUrl;
 
 /// tandem's order service (gRPC).
+///
+/// Under socket activation (LISTEN_FDS, as systemd sets it) the first inherited socket
+/// serves gRPC and the second the ops port, in place of --listen and --ops-listen.
 #[derive(Debug, Parser)]
 #[command(name = "order-svc", version, about)]
 struct Args {
@@ -34,14 +38,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(&args.log);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("order-svc: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tandem_serving::exit_status("order-svc", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -49,8 +46,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ops_addr = args
         .ops_listen
         .unwrap_or_else(|| tandem_serving::ops::default_addr(args.listen));
-    let grpc = tandem_serving::ops::bind(args.listen).await?;
-    let ops = tandem_serving::ops::bind(ops_addr).await?;
+    let mut listeners = Listeners::from_env();
+    let grpc = listeners.take_or_bind(0, args.listen).await?;
+    let ops = listeners.take_or_bind(1, ops_addr).await?;
     service
         .serve(grpc, Some(ops), tandem_serving::shutdown::on_signal())
         .await?;

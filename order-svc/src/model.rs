@@ -63,22 +63,6 @@ impl Order {
     }
 }
 
-/// New emails and/or a new address for one order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DetailsChange {
-    pub emails: Option<EmailList>,
-    pub delivery_address: Option<Address>,
-}
-
-/// A user's contact after a change, to copy onto that user's orders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserContact {
-    pub user_id: UserId,
-    pub version: i64,
-    pub emails: EmailList,
-    pub delivery_address: Address,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ListFilter {
     pub status: Option<OrderStatus>,

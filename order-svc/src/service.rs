@@ -1,12 +1,11 @@
-//! The gRPC face of order-svc: checks each request and maps store outcomes to canonical
-//! status codes.
+//! The gRPC face of order-svc: checks each request and applies it to the store. Refusals
+//! are [`OrderError`]s; timing and counting are the server's layer.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use tandem::domain::ContactFields;
 use tandem::domain::{
-    Address, EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId, Violations, required_text,
+    Address, ContactChange, DELIVERY_ADDRESS_PATH, EMAILS_PATH, EmailCheck, EmailList, OrderId,
+    OrderStatus, Price, UserContact, UserId, Violations, required_text,
 };
 use tandem::proto::order::v1::order_service_server::OrderService;
 use tandem::proto::order::v1::{
@@ -15,34 +14,40 @@ use tandem::proto::order::v1::{
     UpdateOrderDetailsRequest, UpdateOrderDetailsResponse, UpdateOrderStatusRequest,
     UpdateOrderStatusResponse,
 };
-use tandem_serving::grpc::{RpcMetrics, invalid_argument, status_with_field};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::model::{DetailsChange, ListFilter, Order, OrderItem, UserContact};
+use crate::error::OrderError;
+use crate::model::{ListFilter, Order, OrderItem};
 use crate::page_token;
-use crate::store::{DetailsOutcome, OrderStore, StatusOutcome, StoreError};
+use crate::store::{DetailsOutcome, OrderStore, StatusOutcome};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Most items one order may hold.
 pub const MAX_ITEMS: usize = 1000;
 
+/// Orders keep whatever addresses their user has, so only the lenient check applies.
+const EMAIL_CHECK: EmailCheck = EmailCheck::Lenient;
+
 pub struct OrderApi {
     store: Arc<dyn OrderStore>,
-    metrics: RpcMetrics,
 }
 
 impl OrderApi {
-    pub fn new(store: Arc<dyn OrderStore>, metrics: RpcMetrics) -> Self {
-        Self { store, metrics }
+    pub fn new(store: Arc<dyn OrderStore>) -> Self {
+        Self { store }
     }
 
-    async fn create(&self, request: CreateOrderRequest) -> Result<CreateOrderResponse, Status> {
+    async fn create(&self, request: CreateOrderRequest) -> Result<CreateOrderResponse, OrderError> {
         let mut violations = Violations::new();
         let user_id = violations.check("user_id", UserId::parse(&request.user_id));
         let items = parse_items(&request.items, &mut violations);
-        let emails = parse_emails(&request.emails, &mut violations);
-        let address = parse_address(request.delivery_address.as_ref(), &mut violations);
+        let emails =
+            violations.check_nested(EMAILS_PATH, EmailList::parse(&request.emails, EMAIL_CHECK));
+        let address = violations.check_nested(
+            DELIVERY_ADDRESS_PATH,
+            Address::parse(request.delivery_address.as_ref()),
+        );
         let status = violations
             .check(
                 "order_status",
@@ -52,7 +57,7 @@ impl OrderApi {
         let (Some(user_id), Some(emails), Some(delivery_address), Some(status), true) =
             (user_id, emails, address, status, violations.is_empty())
         else {
-            return Err(invalid_argument(violations));
+            return Err(OrderError::Invalid(violations));
         };
         let now = tandem::domain::now();
         let order = Order {
@@ -66,27 +71,30 @@ impl OrderApi {
             created_at: now,
             updated_at: now,
         };
-        self.store
-            .create_order(&order)
-            .await
-            .map_err(store_status)?;
+        self.store.create_order(&order).await?;
         tracing::info!(order_id = %order.order_id, user_id = %order.user_id, "order created");
         Ok(CreateOrderResponse {
             order: Some(order.to_proto()),
         })
     }
 
-    async fn get(&self, request: GetOrderRequest) -> Result<GetOrderResponse, Status> {
-        let order_id = parse_order_id(&request.order_id)?;
-        match self.store.get_order(order_id).await.map_err(store_status)? {
-            Some(order) => Ok(GetOrderResponse {
-                order: Some(order.to_proto()),
-            }),
-            None => Err(not_found(order_id)),
-        }
+    async fn get(&self, request: GetOrderRequest) -> Result<GetOrderResponse, OrderError> {
+        let order_id = OrderId::parse(&request.order_id).map_err(|e| {
+            let mut v = Violations::new();
+            v.add("order_id", e);
+            OrderError::Invalid(v)
+        })?;
+        let order = self
+            .store
+            .get_order(order_id)
+            .await?
+            .ok_or(OrderError::NotFound(order_id))?;
+        Ok(GetOrderResponse {
+            order: Some(order.to_proto()),
+        })
     }
 
-    async fn list(&self, request: ListOrdersRequest) -> Result<ListOrdersResponse, Status> {
+    async fn list(&self, request: ListOrdersRequest) -> Result<ListOrdersResponse, OrderError> {
         let mut violations = Violations::new();
         let status = violations
             .check(
@@ -118,14 +126,10 @@ impl OrderApi {
             )
         };
         if !violations.is_empty() {
-            return Err(invalid_argument(violations));
+            return Err(OrderError::Invalid(violations));
         }
         // One more than a page tells whether another page follows.
-        let mut orders = self
-            .store
-            .list_orders(filter, after, page_size + 1)
-            .await
-            .map_err(store_status)?;
+        let mut orders = self.store.list_orders(filter, after, page_size + 1).await?;
         let next_page_token = if orders.len() > page_size {
             orders.truncate(page_size);
             orders
@@ -144,7 +148,7 @@ impl OrderApi {
     async fn update_status(
         &self,
         request: UpdateOrderStatusRequest,
-    ) -> Result<UpdateOrderStatusResponse, Status> {
+    ) -> Result<UpdateOrderStatusResponse, OrderError> {
         let mut violations = Violations::new();
         let order_id = violations.check("order_id", OrderId::parse(&request.order_id));
         let status = match OrderStatus::from_proto(request.order_status) {
@@ -159,109 +163,72 @@ impl OrderApi {
             }
         };
         let (Some(order_id), Some(status)) = (order_id, status) else {
-            return Err(invalid_argument(violations));
+            return Err(OrderError::Invalid(violations));
         };
         let outcome = self
             .store
             .update_status(order_id, status, tandem::domain::now())
-            .await
-            .map_err(store_status)?;
+            .await?;
         match outcome {
             StatusOutcome::Moved(order) | StatusOutcome::Unchanged(order) => {
                 Ok(UpdateOrderStatusResponse {
                     order: Some(order.to_proto()),
                 })
             }
-            StatusOutcome::Backward(order) => Err(status_with_field(
-                Code::FailedPrecondition,
-                "order_status",
-                &format!(
-                    "the order is {}; it cannot move back to {}",
-                    order.status.as_str(),
-                    status.as_str()
-                ),
-            )),
-            StatusOutcome::NotFound => Err(not_found(order_id)),
+            StatusOutcome::Backward(order) => Err(OrderError::StatusBackward {
+                current: order.status,
+                requested: status,
+            }),
+            StatusOutcome::NotFound => Err(OrderError::NotFound(order_id)),
         }
     }
 
     async fn update_details(
         &self,
         request: UpdateOrderDetailsRequest,
-    ) -> Result<UpdateOrderDetailsResponse, Status> {
+    ) -> Result<UpdateOrderDetailsResponse, OrderError> {
         let mut violations = Violations::new();
         let order_id = violations.check("order_id", OrderId::parse(&request.order_id));
-        let fields = ContactFields::from_mask(
-            request.update_mask,
-            !request.emails.is_empty(),
-            request.delivery_address.is_some(),
+        let change = ContactChange::parse(
+            request.update_mask.as_ref(),
+            &request.emails,
+            request.delivery_address.as_ref(),
+            EMAIL_CHECK,
             &mut violations,
         );
-        let emails = fields
-            .emails
-            .then(|| parse_emails(&request.emails, &mut violations))
-            .flatten();
-        let delivery_address = fields
-            .delivery_address
-            .then(|| parse_address(request.delivery_address.as_ref(), &mut violations))
-            .flatten();
-        let Some(order_id) = order_id.filter(|_| violations.is_empty()) else {
-            return Err(invalid_argument(violations));
-        };
-        let change = DetailsChange {
-            emails,
-            delivery_address,
+        let (Some(order_id), Some(change)) = (order_id, change) else {
+            return Err(OrderError::Invalid(violations));
         };
         match self
             .store
             .update_details(order_id, &change, tandem::domain::now())
-            .await
-            .map_err(store_status)?
+            .await?
         {
             DetailsOutcome::Updated(order) => Ok(UpdateOrderDetailsResponse {
                 order: Some(order.to_proto()),
             }),
-            DetailsOutcome::AddressIsHistory(status) => Err(status_with_field(
-                Code::FailedPrecondition,
-                "delivery_address",
-                &format!(
-                    "the order is {}; its delivery address can no longer change",
-                    status.as_str()
-                ),
-            )),
-            DetailsOutcome::NotFound => Err(not_found(order_id)),
+            DetailsOutcome::AddressIsHistory(status) => Err(OrderError::AddressIsHistory(status)),
+            DetailsOutcome::NotFound => Err(OrderError::NotFound(order_id)),
         }
     }
 
     async fn apply_user_contact(
         &self,
         request: ApplyUserContactRequest,
-    ) -> Result<ApplyUserContactResponse, Status> {
-        let mut violations = Violations::new();
-        let user_id = violations.check("user_id", UserId::parse(&request.user_id));
-        if request.contact_version < 1 {
-            violations.add("contact_version", "must be at least 1");
-        }
-        let emails = parse_emails(&request.emails, &mut violations);
-        let address = parse_address(request.delivery_address.as_ref(), &mut violations);
-        let (Some(user_id), Some(emails), Some(delivery_address), true) =
-            (user_id, emails, address, violations.is_empty())
-        else {
-            return Err(invalid_argument(violations));
-        };
-        let contact = UserContact {
-            user_id,
-            version: request.contact_version,
-            emails,
-            delivery_address,
-        };
+    ) -> Result<ApplyUserContactResponse, OrderError> {
+        let contact = UserContact::parse(
+            &request.user_id,
+            request.contact_version,
+            &request.emails,
+            request.delivery_address.as_ref(),
+        )
+        .map_err(OrderError::Invalid)?;
         let outcome = self
             .store
             .apply_user_contact(&contact, tandem::domain::now())
-            .await
-            .map_err(store_status)?;
+            .await?;
         tracing::info!(
-            %user_id,
+            user_id = %contact.user_id,
             version = contact.version,
             matched = outcome.matched,
             modified = outcome.modified,
@@ -272,14 +239,6 @@ impl OrderApi {
             modified_count: outcome.modified as i64,
         })
     }
-}
-
-fn parse_order_id(raw: &str) -> Result<OrderId, Status> {
-    OrderId::parse(raw).map_err(|e| {
-        let mut v = Violations::new();
-        v.add("order_id", e);
-        invalid_argument(v)
-    })
 }
 
 fn parse_items(
@@ -319,98 +278,53 @@ fn parse_items(
     items
 }
 
-/// Orders keep whatever addresses their user has, so only the lenient check applies.
-fn parse_emails(raw: &[String], violations: &mut Violations) -> Option<EmailList> {
-    violations.check_nested("emails", EmailList::parse(raw, EmailCheck::Lenient))
-}
-
-fn parse_address(
-    raw: Option<&tandem::proto::common::v1::Address>,
-    violations: &mut Violations,
-) -> Option<Address> {
-    violations.check_nested("delivery_address", Address::parse(raw))
-}
-
-fn not_found(order_id: OrderId) -> Status {
-    Status::not_found(format!("order {order_id} not found"))
-}
-
-/// Store failures as statuses; their causes go to the log only.
-fn store_status(err: StoreError) -> Status {
-    match err {
-        StoreError::Unavailable(cause) => {
-            tracing::warn!(%cause, "order store unavailable");
-            Status::unavailable("the order store is unavailable; try again")
-        }
-        StoreError::Internal(cause) => {
-            tracing::error!(%cause, "order store failure");
-            Status::internal("internal error")
-        }
-    }
-}
-
-macro_rules! observed {
-    ($self:ident, $name:literal, $call:expr) => {{
-        let started = Instant::now();
-        let result = $call.await;
-        $self.metrics.observe($name, started, &result);
-        result.map(Response::new)
-    }};
-}
-
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     async fn create_order(
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
-        observed!(self, "CreateOrder", self.create(request.into_inner()))
+        Ok(Response::new(self.create(request.into_inner()).await?))
     }
 
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        observed!(self, "GetOrder", self.get(request.into_inner()))
+        Ok(Response::new(self.get(request.into_inner()).await?))
     }
 
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        observed!(self, "ListOrders", self.list(request.into_inner()))
+        Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
     async fn update_order_status(
         &self,
         request: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<UpdateOrderStatusResponse>, Status> {
-        observed!(
-            self,
-            "UpdateOrderStatus",
-            self.update_status(request.into_inner())
-        )
+        Ok(Response::new(
+            self.update_status(request.into_inner()).await?,
+        ))
     }
 
     async fn update_order_details(
         &self,
         request: Request<UpdateOrderDetailsRequest>,
     ) -> Result<Response<UpdateOrderDetailsResponse>, Status> {
-        observed!(
-            self,
-            "UpdateOrderDetails",
-            self.update_details(request.into_inner())
-        )
+        Ok(Response::new(
+            self.update_details(request.into_inner()).await?,
+        ))
     }
 
     async fn apply_user_contact(
         &self,
         request: Request<ApplyUserContactRequest>,
     ) -> Result<Response<ApplyUserContactResponse>, Status> {
-        observed!(
-            self,
-            "ApplyUserContact",
-            self.apply_user_contact(request.into_inner())
-        )
+        Ok(Response::new(
+            self.apply_user_contact(request.into_inner()).await?,
+        ))
     }
 }

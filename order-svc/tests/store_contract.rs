@@ -5,26 +5,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use order_svc::model::{DetailsChange, ListFilter, Order, OrderItem, PageCursor, UserContact};
+use order_svc::model::{ListFilter, Order, OrderItem, PageCursor};
 use order_svc::store::{
     DetailsOutcome, MongoOrderStore, OrderStore, SqliteOrderStore, StatusOutcome,
 };
-use tandem::domain::{Address, EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId};
-
-fn emails(list: &[&str]) -> EmailList {
-    let raw: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-    EmailList::parse(&raw, EmailCheck::Lenient).unwrap()
-}
-
-fn address(street: &str) -> Address {
-    Address {
-        street: street.into(),
-        city: "Ottawa".into(),
-        province: "ON".into(),
-        postal_code: "K2P 1L4".into(),
-        country: "Canada".into(),
-    }
-}
+use tandem::domain::{ContactChange, OrderId, OrderStatus, Price, UserContact, UserId};
+use tandem_testkit::{domain_address as address, emails};
 
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(1_764_000_000_000 + ms).unwrap()
@@ -206,7 +192,7 @@ async fn details_keep_shipped_addresses(store: Arc<dyn OrderStore>) {
     store.create_order(&open).await.unwrap();
     store.create_order(&shipped).await.unwrap();
 
-    let both = DetailsChange {
+    let both = ContactChange {
         emails: Some(emails(&["new@x.io"])),
         delivery_address: Some(address("12 Main St")),
     };
@@ -217,7 +203,7 @@ async fn details_keep_shipped_addresses(store: Arc<dyn OrderStore>) {
     {
         DetailsOutcome::Updated(o) => {
             assert_eq!(o.emails, emails(&["new@x.io"]));
-            assert_eq!(o.delivery_address.street, "12 Main St");
+            assert_eq!(o.delivery_address.street(), "12 Main St");
             assert_eq!(o.updated_at, at(5));
             assert_eq!(store.get_order(open.order_id).await.unwrap(), Some(o));
         }
@@ -237,7 +223,7 @@ async fn details_keep_shipped_addresses(store: Arc<dyn OrderStore>) {
     );
 
     // Emails may still change, and so may the address "to" what it already is.
-    let emails_and_same_address = DetailsChange {
+    let emails_and_same_address = ContactChange {
         emails: Some(emails(&["later@x.io"])),
         delivery_address: Some(shipped.delivery_address.clone()),
     };
@@ -279,7 +265,7 @@ async fn user_contact_applies_once_and_in_version_order(store: Arc<dyn OrderStor
 
     let open_now = store.get_order(open.order_id).await.unwrap().unwrap();
     assert_eq!(open_now.emails, emails(&["v3@x.io"]));
-    assert_eq!(open_now.delivery_address.street, "3 New St");
+    assert_eq!(open_now.delivery_address.street(), "3 New St");
     assert_eq!((open_now.contact_version, open_now.updated_at), (3, at(10)));
     for past in [&shipped, &delivered] {
         let now = store.get_order(past.order_id).await.unwrap().unwrap();
@@ -322,18 +308,20 @@ async fn user_contact_applies_once_and_in_version_order(store: Arc<dyn OrderStor
 
 async fn sqlite_store() -> (Arc<dyn OrderStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite")).unwrap();
+    let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
+        .await
+        .unwrap();
     (Arc::new(store), dir)
 }
 
-async fn mongo_store() -> Option<Arc<dyn OrderStore>> {
-    let uri = tandem_testkit::mongo_uri("order_db_test")?;
-    Some(Arc::new(MongoOrderStore::connect(&uri).await.unwrap()))
+async fn mongo_store() -> Arc<dyn OrderStore> {
+    let uri = tandem_testkit::contract::mongo_uri("order_db_test");
+    Arc::new(MongoOrderStore::connect(&uri).await.unwrap())
 }
 
 tandem_testkit::store_contract!(
-    sqlite: super::sqlite_store,
-    mongo: super::mongo_store,
+    sqlite: sqlite_store,
+    mongo: mongo_store,
     cases: [
         orders_round_trip_with_exact_prices,
         listing_filters_and_pages_without_gaps,

@@ -2,14 +2,18 @@ use super::Violations;
 use super::text::required_text;
 use crate::proto::common::v1 as pb;
 
-/// A delivery address whose five parts are all present.
+/// A delivery address whose five parts are all present and printable.
+///
+/// On the wire (gRPC, the REST API, the `user.updated` event) an address is the proto
+/// message `tandem.common.v1.Address`, whose JSON form is its proto3 JSON mapping; this is
+/// the checked value the services work with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
-    pub street: String,
-    pub city: String,
-    pub province: String,
-    pub postal_code: String,
-    pub country: String,
+    street: String,
+    city: String,
+    province: String,
+    postal_code: String,
+    country: String,
 }
 
 impl Address {
@@ -34,6 +38,43 @@ impl Address {
             country: part("country", &raw.country),
         };
         violations.finish(|| address)
+    }
+
+    /// Rebuilds an address read back from a store, which only ever holds parsed ones.
+    pub fn from_stored(
+        street: String,
+        city: String,
+        province: String,
+        postal_code: String,
+        country: String,
+    ) -> Address {
+        Address {
+            street,
+            city,
+            province,
+            postal_code,
+            country,
+        }
+    }
+
+    pub fn street(&self) -> &str {
+        &self.street
+    }
+
+    pub fn city(&self) -> &str {
+        &self.city
+    }
+
+    pub fn province(&self) -> &str {
+        &self.province
+    }
+
+    pub fn postal_code(&self) -> &str {
+        &self.postal_code
+    }
+
+    pub fn country(&self) -> &str {
+        &self.country
     }
 
     pub fn to_proto(&self) -> pb::Address {
@@ -77,5 +118,23 @@ mod tests {
         let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["city", "country"]);
         assert_eq!(Address::parse(None).unwrap_err().iter().count(), 1);
+    }
+
+    #[test]
+    fn the_wire_form_is_proto3_json_and_takes_state_for_province() {
+        let json = serde_json::to_value(full()).unwrap();
+        assert_eq!(json["postalCode"], "K2P 1L4");
+        let old: pb::Address = serde_json::from_str(
+            r#"{"street":"1","city":"c","state":"ON","postalCode":"z","country":"C"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.province, "ON");
+        assert!(
+            serde_json::from_str::<pb::Address>(
+                r#"{"street":"1","city":"c","province":"ON","postalCode":"z","country":"C","x":1}"#
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
     }
 }

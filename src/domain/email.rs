@@ -3,7 +3,7 @@ use email_address::{EmailAddress, Options};
 use super::{MAX_EMAILS, Violations};
 
 /// Longest address SMTP can carry (RFC 5321 path limit).
-const MAX_EMAIL_CHARS: usize = 254;
+pub const MAX_EMAIL_CHARS: usize = 254;
 
 /// How strictly an email address is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,36 @@ impl EmailList {
     pub fn from_stored(emails: Vec<String>) -> EmailList {
         EmailList(emails.into_iter().map(Email).collect())
     }
+}
+
+/// How the OpenAPI document describes an email list: what [`EmailList::parse`] accepts
+/// with [`EmailCheck::Lenient`], which is every list the API as a whole accepts. Orders
+/// hold copies of their user's addresses and legacy user-svc v1 never checked their
+/// syntax, so neither does; v2 also requires valid syntax, which the description says and
+/// `format` cannot (a schema promising `format: email` would be broken by v1's answers).
+#[cfg(feature = "openapi")]
+pub fn email_list_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_EMAIL_CHARS))
+                // Not blank, no surrounding space, no control character.
+                .pattern(Some(
+                    r"^[^\s\u0000-\u001F\u007F-\u009F](?:[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F])?$",
+                )),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_EMAILS))
+        .unique_items(true)
+        .description(Some(
+            "Distinct ignoring letter case. user-svc v2 also requires valid address syntax \
+             (RFC 5322, domain with a dot); v1 and orders keep any non-blank text.",
+        ))
+        .examples([serde_json::json!(["robert.williams@hotmail.com"])])
+        .build()
 }
 
 #[cfg(test)]

@@ -1,10 +1,16 @@
 use crate::proto::order::v1::OrderStatus as PbStatus;
 
 /// Where an order is. It only ever moves forward: under process → shipping → delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OrderStatus {
+    #[serde(rename = "under process")]
     UnderProcess,
+    #[serde(rename = "shipping")]
     Shipping,
+    #[serde(rename = "delivered")]
     Delivered,
 }
 
@@ -90,5 +96,11 @@ mod tests {
         assert_eq!(OrderStatus::from_proto(0), Ok(None));
         assert!(OrderStatus::from_proto(9).is_err());
         assert_eq!(OrderStatus::from_str_opt("Shipping"), None);
+        for s in OrderStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
     }
 }

@@ -53,6 +53,55 @@ impl std::fmt::Display for Price {
     }
 }
 
+/// In JSON a price is a number with its exact digits (`29.99`, `5.50`), never one that went
+/// through binary floating point. Written for serde_json, the only JSON writer tandem uses.
+impl serde::Serialize for Price {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Display is plain decimal notation, always a valid JSON number.
+        let raw = serde_json::value::RawValue::from_string(self.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+/// Reads a JSON number (`29.99`, `2.999e1`) or a string holding one (`"29.99"`), from its
+/// text: the digits are never parsed into a binary float first.
+impl<'de> serde::Deserialize<'de> for Price {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw: Box<serde_json::value::RawValue> = serde::Deserialize::deserialize(d)?;
+        let text = raw.get();
+        let digits = if text.starts_with('"') {
+            serde_json::from_str::<String>(text).map_err(D::Error::custom)?
+        } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            text.to_owned()
+        } else {
+            return Err(D::Error::custom("expected a decimal number such as 29.99"));
+        };
+        Price::parse(&digits).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Price {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .minimum(Some(0))
+            .maximum(Some(MAX_PRICE as f64))
+            .description(Some(
+                "Unit price from 0 to 10^18: an exact decimal (a JSON number, or a string \
+                 holding one), at most 28 digits after the point.",
+            ))
+            .examples([serde_json::json!(29.99)])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Price {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +120,19 @@ mod tests {
         }
         assert_eq!(Price::parse("2.999e1").unwrap().to_string(), "29.99");
         assert_eq!(Price::parse("-0").unwrap().to_string(), "0");
+    }
+
+    #[test]
+    fn json_keeps_the_digits_both_ways() {
+        let big: Price = serde_json::from_str("123456789012345678.99").unwrap();
+        assert_eq!(
+            serde_json::to_string(&big).unwrap(),
+            "123456789012345678.99"
+        );
+        let quoted: Price = serde_json::from_str(r#""15.990""#).unwrap();
+        assert_eq!(serde_json::to_string(&quoted).unwrap(), "15.990");
+        assert!(serde_json::from_str::<Price>("true").is_err());
+        assert!(serde_json::from_str::<Price>("-1").is_err());
     }
 
     #[test]

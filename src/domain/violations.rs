@@ -65,6 +65,10 @@ impl Violations {
         self.0.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn into_vec(self) -> Vec<FieldViolation> {
         self.0
     }
@@ -81,6 +85,25 @@ impl Violations {
             Err(self)
         }
     }
+}
+
+/// A field path as a JSON body names it: `delivery_address.postal_code` →
+/// `deliveryAddress.postalCode`, `items[0].item_id` → `items[0].itemId` (the proto3 JSON
+/// mapping's names, which the REST API and the event use).
+pub fn json_path(proto_path: &str) -> String {
+    let mut out = String::with_capacity(proto_path.len());
+    let mut upper_next = false;
+    for c in proto_path.chars() {
+        match c {
+            '_' => upper_next = true,
+            c if upper_next => {
+                out.extend(c.to_uppercase());
+                upper_next = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn join_path(prefix: &str, field: &str) -> String {
@@ -128,6 +151,16 @@ mod tests {
             fields,
             ["delivery_address.postal_code", "delivery_address[2]"]
         );
+    }
+
+    #[test]
+    fn proto_paths_become_json_paths() {
+        assert_eq!(
+            json_path("delivery_address.postal_code"),
+            "deliveryAddress.postalCode"
+        );
+        assert_eq!(json_path("items[10].item_id"), "items[10].itemId");
+        assert_eq!(json_path("emails[0]"), "emails[0]");
     }
 
     #[test]

@@ -10,15 +10,15 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
+use tandem_messaging::UserUpdated;
 use tandem_messaging::amqp as messaging;
-use tandem_messaging::event::{ContactUpdate, UserUpdated};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -174,7 +174,10 @@ async fn handle(
     if delivery.redelivered {
         ctx.metrics.redelivered.inc();
     }
-    let request_id = messaging::header(&delivery.properties, tandem_serving::grpc::REQUEST_ID);
+    // An event from an old or foreign producer may carry no request id: give its handling
+    // a fresh one, so its log lines and the ApplyUserContact call can still be followed.
+    let request_id = messaging::header(&delivery.properties, tandem::REQUEST_ID)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let message_id = delivery
         .properties
         .message_id()
@@ -184,7 +187,7 @@ async fn handle(
     let span = tracing::info_span!(
         "event",
         event_id = %message_id,
-        request_id = %request_id.as_deref().unwrap_or("-"),
+        request_id = %request_id,
         redelivered = delivery.redelivered
     );
     async {
@@ -193,7 +196,7 @@ async fn handle(
             Err(reason) => return dead_letter(ctx, dead_letters, &delivery, &reason).await,
         };
         let applied = tokio::select! {
-            result = apply(ctx, &update, request_id.as_deref()) => result,
+            result = apply(ctx, &update, &request_id) => result,
             _ = abandon.cancelled() => {
                 ctx.metrics.requeued.inc();
                 let requeue = BasicNackOptions { requeue: true, multiple: false };
@@ -216,46 +219,59 @@ async fn handle(
                 ctx.metrics
                     .lag
                     .observe(lag.to_std().unwrap_or_default().as_secs_f64());
-                tracing::info!(user_id = %update.user_id, version = update.version, matched, modified, "event applied");
+                tracing::info!(user_id = %update.contact.user_id, version = update.contact.version, matched, modified, "event applied");
             }
-            Err(status) => {
-                let reason = format!(
-                    "order-svc refused the event: {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
-                dead_letter(ctx, dead_letters, &delivery, &reason).await;
-            }
+            Err(failure) => dead_letter(ctx, dead_letters, &delivery, &failure.to_string()).await,
         }
     }
     .instrument(span)
     .await
 }
 
-/// Whether an order-svc failure may go away by itself (retry), or never will (dead-letter).
-fn is_transient(code: Code) -> bool {
-    !matches!(
+/// Whether order-svc refused the event for good: the event itself is wrong (a bad field,
+/// a rule it breaks), so trying again can never help.
+fn is_permanent(code: Code) -> bool {
+    matches!(
         code,
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange
     )
 }
 
-/// Applies an update, retrying transient failures with backoff until it succeeds.
+/// Why an event could not be applied.
+#[derive(Debug, thiserror::Error)]
+enum ApplyFailure {
+    #[error("order-svc refused the event: {:?}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error(
+        "order-svc could not apply the event in {attempts} attempts over {elapsed:?} (the retry budget is {budget:?}); last: {:?}: {}",
+        .last.code(),
+        .last.message()
+    )]
+    GaveUp {
+        attempts: u64,
+        elapsed: Duration,
+        budget: Duration,
+        last: tonic::Status,
+    },
+}
+
+/// Applies an update, retrying any failure but a permanent refusal with backoff, for at
+/// most the retry budget.
 async fn apply(
     ctx: &Context,
-    update: &ContactUpdate,
-    request_id: Option<&str>,
-) -> Result<(u64, u64), tonic::Status> {
+    update: &UserUpdated,
+    request_id: &str,
+) -> Result<(u64, u64), ApplyFailure> {
+    let contact = &update.contact;
     let request = ApplyUserContactRequest {
-        user_id: update.user_id.to_string(),
-        contact_version: update.version,
-        emails: update.emails.to_strings(),
-        delivery_address: Some(update.delivery_address.to_proto()),
+        user_id: contact.user_id.to_string(),
+        contact_version: contact.version,
+        emails: contact.emails.to_strings(),
+        delivery_address: Some(contact.delivery_address.to_proto()),
     };
     let attempt = || {
         let mut client = ctx.orders.clone();
-        let mut call =
-            tandem_serving::grpc::request_with_id(request.clone(), request_id.unwrap_or("-"));
+        let mut call = tandem_serving::grpc::request_with_id(request.clone(), request_id);
         call.set_timeout(ctx.config.apply_timeout);
         async move { client.apply_user_contact(call).await }
     };
@@ -264,14 +280,30 @@ async fn apply(
         .with_max_delay(ctx.config.retry_max_delay)
         .with_jitter()
         .without_max_times();
+    let started = std::time::Instant::now();
+    let budget = ctx.config.retry_budget;
+    let retries = std::sync::atomic::AtomicU64::new(0);
     let reply = attempt
         .retry(backoff)
-        .when(|status: &tonic::Status| is_transient(status.code()))
+        .when(|status: &tonic::Status| !is_permanent(status.code()) && started.elapsed() < budget)
         .notify(|status: &tonic::Status, wait: Duration| {
+            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ctx.metrics.retried.inc();
             tracing::warn!(code = ?status.code(), message = status.message(), retry_in = ?wait, "order-svc could not apply the event; retrying");
         })
-        .await?
+        .await
+        .map_err(|last| {
+            if is_permanent(last.code()) {
+                ApplyFailure::Refused(last)
+            } else {
+                ApplyFailure::GaveUp {
+                    attempts: retries.load(std::sync::atomic::Ordering::Relaxed) + 1,
+                    elapsed: started.elapsed(),
+                    budget,
+                    last,
+                }
+            }
+        })?
         .into_inner();
     Ok((
         reply.matched_count.max(0) as u64,
@@ -291,29 +323,23 @@ async fn dead_letter(ctx: &Context, dead_letters: &Channel, delivery: &Delivery,
         AMQPValue::LongString(chrono::Utc::now().to_rfc3339().as_str().into()),
     );
     let properties = delivery.properties.clone().with_headers(headers);
-    let published = async {
-        let confirm = dead_letters
-            .basic_publish(
-                ctx.config.topology.dead_letter.as_str().into(),
-                delivery.routing_key.clone(),
-                BasicPublishOptions::default(),
-                &delivery.data,
-                properties,
-            )
-            .await?;
-        confirm.await
-    };
-    let confirmed = matches!(
-        tokio::time::timeout(Duration::from_secs(10), published).await,
-        Ok(Ok(Confirmation::Ack(None)))
-    );
+    let published = messaging::publish_confirmed(
+        dead_letters,
+        &ctx.config.topology.dead_letter,
+        delivery.routing_key.as_str(),
+        &delivery.data,
+        properties,
+        messaging::CONFIRM_TIMEOUT,
+    )
+    .await;
+    let confirmed = published.is_ok();
     let settled = if confirmed {
         ctx.metrics.dead_lettered.inc();
         delivery.acker.ack(BasicAckOptions::default()).await
     } else {
-        tracing::warn!(
-            "the dead-letter publish was not confirmed; rejecting so RabbitMQ dead-letters it"
-        );
+        if let Err(e) = &published {
+            tracing::warn!(error = %e, "the dead-letter publish was not confirmed; rejecting so RabbitMQ dead-letters it");
+        }
         ctx.metrics.dead_lettered.inc();
         delivery
             .acker

@@ -2,11 +2,9 @@
 //! there and why, leaving it in place; `sync-worker dlq replay` sends it back to the
 //! events exchange (after the cause was fixed), one message at a time, with confirms.
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
 use tandem_messaging::amqp::{self as messaging, Topology};
 use tandem_messaging::event::USER_UPDATED;
@@ -31,8 +29,13 @@ pub enum DlqError {
     Connect(#[from] messaging::ConnectError),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("replay of {message_id:?} was not confirmed; it stays in the dead-letter queue")]
-    NotConfirmed { message_id: Option<String> },
+    #[error(
+        "replay of {message_id:?} was not confirmed ({reason}); it stays in the dead-letter queue"
+    )]
+    NotConfirmed {
+        message_id: Option<String>,
+        reason: messaging::PublishError,
+    },
 }
 
 fn reason(properties: &BasicProperties) -> String {
@@ -79,7 +82,7 @@ pub async fn list(
             message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
             reason: reason(&d.properties),
             dead_lettered_at: messaging::header(&d.properties, FAILED_AT_HEADER),
-            request_id: messaging::header(&d.properties, tandem_serving::grpc::REQUEST_ID),
+            request_id: messaging::header(&d.properties, tandem::REQUEST_ID),
             body: String::from_utf8_lossy(&d.data).into_owned(),
         });
     }
@@ -119,32 +122,34 @@ pub async fn replay(amqp_url: &str, topology: &Topology, limit: usize) -> Result
             AMQPValue::LongLongInt(previous + 1),
         );
         let properties = d.properties.clone().with_headers(headers);
-        let confirm = channel
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                USER_UPDATED.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &d.data,
-                properties,
-            )
-            .await?
-            .await?;
-        if matches!(confirm, Confirmation::Ack(None)) {
-            d.acker.ack(BasicAckOptions::default()).await?;
-            replayed += 1;
-        } else {
-            d.acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await?;
-            return Err(DlqError::NotConfirmed {
-                message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
-            });
+        // Bounded: a broker that stops answering must not hold the tool (and the message
+        // it took) forever.
+        let replayed_one = messaging::publish_confirmed(
+            &channel,
+            &topology.exchange,
+            USER_UPDATED,
+            &d.data,
+            properties,
+            messaging::CONFIRM_TIMEOUT,
+        )
+        .await;
+        match replayed_one {
+            Ok(()) => {
+                d.acker.ack(BasicAckOptions::default()).await?;
+                replayed += 1;
+            }
+            Err(reason) => {
+                d.acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await?;
+                return Err(DlqError::NotConfirmed {
+                    message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
+                    reason,
+                });
+            }
         }
     }
     let _ = channel.close(200, "replayed".into()).await;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
-use tandem_messaging::amqp::{self as messaging, Topology};
+use tandem_messaging::Topology;
+use tandem_messaging::amqp as messaging;
 use tandem_serving::ops::{self, Component, HealthCheck};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,11 @@ use tonic::transport::Endpoint;
 use consumer::{Context, SessionEnd};
 pub use consumer::{FAILED_AT_HEADER, REASON_HEADER};
 use metrics::WorkerMetrics;
+
+/// Long enough to ride out a restart or a failover of order-svc or its store; an outage
+/// longer than this sends the events in hand to the dead-letter queue, from where
+/// `sync-worker dlq replay` brings them back.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +40,10 @@ pub struct Config {
     pub apply_timeout: Duration,
     /// Longest pause between retries of a transient failure.
     pub retry_max_delay: Duration,
+    /// How long one event may keep failing (with any status but a permanent refusal)
+    /// before it is dead-lettered with its reason, so that an event order-svc can never
+    /// apply does not hold a delivery slot, and with enough of them all sync, forever.
+    pub retry_budget: Duration,
     /// On shutdown, how long deliveries in hand may take before they are handed back.
     pub drain_timeout: Duration,
 }
@@ -47,11 +57,13 @@ impl Config {
             prefetch: 32,
             apply_timeout: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(5),
+            retry_budget: DEFAULT_RETRY_BUDGET,
             drain_timeout: Duration::from_secs(10),
         }
     }
 }
 
+/// Why the worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("order-svc URL {url:?}: {reason}")]
@@ -115,7 +127,7 @@ impl Worker {
             else {
                 break;
             };
-            tracing::info!(broker = %messaging::redact(&url), "sync-worker connected");
+            tracing::info!(broker = %tandem_serving::telemetry::redact_url(&url), "sync-worker connected");
             let end = consumer::session(&ctx, &connection, &shutdown).await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), connection.close(200, "bye".into()))

@@ -3,10 +3,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sync_worker::{Config, Worker, dlq};
-use tandem_messaging::amqp::Topology;
+use tandem_messaging::Topology;
+use tandem_serving::listen::Listeners;
 use tandem_serving::telemetry::{self, LogArgs};
 
 /// tandem's contact sync: applies user.updated events to the user's orders.
+///
+/// Under socket activation (LISTEN_FDS, as systemd sets it) the inherited socket serves
+/// the ops port, in place of --ops-listen.
 #[derive(Debug, Parser)]
 #[command(name = "sync-worker", version, about)]
 struct Args {
@@ -17,7 +21,7 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = tandem_messaging::amqp::DEFAULT_AMQP_URL,
+        default_value = tandem_messaging::DEFAULT_AMQP_URL,
         hide_env_values = true,
         global = true
     )]
@@ -33,6 +37,11 @@ struct Args {
     /// Deliveries in hand at once (AMQP prefetch).
     #[arg(long, env = "SYNC_PREFETCH", default_value_t = 32)]
     prefetch: u16,
+
+    /// How long one event may keep failing before it is dead-lettered, in seconds
+    /// (permanent refusals are dead-lettered at once).
+    #[arg(long, env = "SYNC_RETRY_BUDGET_SECS", default_value_t = sync_worker::DEFAULT_RETRY_BUDGET.as_secs())]
+    retry_budget_secs: u64,
 
     /// Address of the /metrics and /healthz HTTP server.
     #[arg(long, env = "SYNC_WORKER_OPS_LISTEN", default_value = "0.0.0.0:51054")]
@@ -76,14 +85,7 @@ enum DlqAction {
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(&args.log);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("sync-worker: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tandem_serving::exit_status("sync-worker", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -91,8 +93,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None | Some(Command::Run) => {
             let mut config = Config::new(args.amqp, args.orders, args.topology);
             config.prefetch = args.prefetch.max(1);
+            config.retry_budget = std::time::Duration::from_secs(args.retry_budget_secs);
             let worker = Worker::new(config)?;
-            let ops = tandem_serving::ops::bind(args.ops_listen).await?;
+            let ops = Listeners::from_env()
+                .take_or_bind(0, args.ops_listen)
+                .await?;
             worker
                 .run(Some(ops), tandem_serving::shutdown::on_signal())
                 .await?;

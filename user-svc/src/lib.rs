@@ -5,7 +5,7 @@
 //! The binary is a thin shell over [`UserSvc`]: open it (store first, so a bad store fails
 //! before any port is bound), then serve it on listeners the caller bound.
 
-pub mod flavor;
+mod error;
 pub mod model;
 pub mod relay;
 mod service;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
+use tandem::domain::Flavor;
 use tandem::proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
 use tandem_serving::grpc::RpcMetrics;
 use tandem_serving::ops::{self, Component, HealthCheck};
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use flavor::Flavor;
+pub use error::UserError;
 pub use relay::RelayConfig;
 use relay::{Relay, RelayMetrics};
 use service::UserApi;
@@ -38,18 +39,8 @@ pub struct Config {
     pub relay: Option<RelayConfig>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot open the user store {url}: {source}")]
-    Store {
-        url: StoreUrl,
-        source: store::StoreError,
-    },
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("ops server failed: {0}")]
-    Ops(#[from] std::io::Error),
-}
+/// Why user-svc could not start or stopped serving.
+pub type ServeError = tandem_serving::ServeError<store::StoreError>;
 
 /// An opened user service, ready to serve.
 pub struct UserSvc {
@@ -59,11 +50,12 @@ pub struct UserSvc {
 
 impl UserSvc {
     /// Opens the store (creating schema, indexes and validators).
-    pub async fn open(config: Config) -> Result<Self, Error> {
+    pub async fn open(config: Config) -> Result<Self, ServeError> {
         let store = store::open(&config.store)
             .await
-            .map_err(|source| Error::Store {
-                url: config.store.clone(),
+            .map_err(|source| ServeError::Store {
+                what: "user",
+                url: config.store.to_string(),
                 source,
             })?;
         Ok(Self { config, store })
@@ -80,7 +72,7 @@ impl UserSvc {
         grpc: TcpListener,
         ops: Option<TcpListener>,
         shutdown: CancellationToken,
-    ) -> Result<(), Error> {
+    ) -> Result<(), ServeError> {
         let mut registry = Registry::with_prefix("tandem_user");
         let metrics = RpcMetrics::register(&mut registry);
         let relay_metrics = RelayMetrics::register(&mut registry);
@@ -89,22 +81,21 @@ impl UserSvc {
         let api = UserApi::new(
             self.config.flavor,
             self.store.clone(),
-            metrics,
             outbox_written.clone(),
         );
 
         let relay_task = self.config.relay.clone().map(|config| {
-            let app_id = format!("user-svc-{}", self.config.flavor);
             let relay = Relay::new(
                 self.store.clone(),
                 config,
-                &app_id,
+                self.config.flavor.service_name(),
                 outbox_written,
                 relay_metrics,
                 broker_up.clone(),
             );
             tokio::spawn(relay.run(shutdown.clone()))
         });
+        let ops_addr = ops.as_ref().and_then(|l| l.local_addr().ok());
         let ops_task = ops.map(|listener| {
             let broker = self.config.relay.is_some().then_some(broker_up);
             let health = health_check(self.store.clone(), broker);
@@ -120,11 +111,13 @@ impl UserSvc {
             flavor = %self.config.flavor,
             store = %self.config.store,
             addr = ?grpc.local_addr().ok(),
+            ops = ?ops_addr,
             "user-svc serving"
         );
         let routes = tonic::service::Routes::new(UserServiceServer::new(api));
         let served =
-            tandem_serving::grpc::serve(SERVICE_NAME, routes, grpc, shutdown.clone()).await;
+            tandem_serving::grpc::serve(SERVICE_NAME, routes, metrics, grpc, shutdown.clone())
+                .await;
         shutdown.cancel();
         if let Some(task) = relay_task {
             let _ = task.await;

@@ -2,18 +2,30 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tandem_messaging::amqp::Topology;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use tandem::domain::Flavor;
+use tandem_messaging::Topology;
+use tandem_serving::listen::Listeners;
 use tandem_serving::telemetry::{self, LogArgs};
 use tandem_storage::StoreUrl;
-use user_svc::{Config, Flavor, RelayConfig, UserSvc};
+use user_svc::{Config, RelayConfig, UserSvc};
 
 /// tandem's user service (gRPC). Run it twice, `--flavor v1` and `--flavor v2 --listen
 /// 0.0.0.0:50052`, over the same store.
+///
+/// Under socket activation (LISTEN_FDS, as systemd sets it) the first inherited socket
+/// serves gRPC and the second the ops port, in place of --listen and --ops-listen.
 #[derive(Debug, Parser)]
 #[command(name = "user-svc", version, about)]
 struct Args {
     /// Behavior: v1 (legacy: no timestamps, no email syntax check) or v2.
-    #[arg(long, env = "USER_SVC_FLAVOR", value_enum, default_value_t = Flavor::V1)]
+    #[arg(
+        long,
+        env = "USER_SVC_FLAVOR",
+        default_value = "v1",
+        value_parser = PossibleValuesParser::new(["v1", "v2"])
+            .map(|s| s.parse::<Flavor>().expect("one of the possible values"))
+    )]
     flavor: Flavor,
 
     /// Address of the gRPC server.
@@ -36,7 +48,7 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = tandem_messaging::amqp::DEFAULT_AMQP_URL,
+        default_value = tandem_messaging::DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     amqp: String,
@@ -52,14 +64,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(&args.log);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("user-svc: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tandem_serving::exit_status("user-svc", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -72,8 +77,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ops_addr = args
         .ops_listen
         .unwrap_or_else(|| tandem_serving::ops::default_addr(args.listen));
-    let grpc = tandem_serving::ops::bind(args.listen).await?;
-    let ops = tandem_serving::ops::bind(ops_addr).await?;
+    let mut listeners = Listeners::from_env();
+    let grpc = listeners.take_or_bind(0, args.listen).await?;
+    let ops = listeners.take_or_bind(1, ops_addr).await?;
     service
         .serve(grpc, Some(ops), tandem_serving::shutdown::on_signal())
         .await?;

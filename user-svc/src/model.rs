@@ -1,7 +1,7 @@
 //! A user as user-svc stores and serves it.
 
 use chrono::{DateTime, Utc};
-use tandem::domain::{Address, EmailList, UserId};
+use tandem::domain::{Address, ContactChange, EmailList, UserContact, UserId};
 use tandem::proto::timestamp;
 use tandem::proto::user::v1 as pb;
 
@@ -34,34 +34,30 @@ impl User {
             contact_version: self.contact_version,
         }
     }
-}
 
-/// A change of a user's contact details, applied atomically together with its
-/// `user.updated` outbox record.
-#[derive(Debug, Clone)]
-pub struct ContactChange {
-    pub user_id: UserId,
-    pub emails: Option<EmailList>,
-    pub delivery_address: Option<Address>,
-    /// `Some` when the flavor stamps changes (v2).
-    pub updated_at: Option<DateTime<Utc>>,
-    /// The id of the request that caused the change, carried by the event.
-    pub request_id: Option<String>,
-}
+    /// The user after `change`, its version one higher; `stamp` (the v2 flavor's) becomes
+    /// `updated_at`.
+    pub fn changed(mut self, change: &ContactChange, stamp: Option<DateTime<Utc>>) -> User {
+        if let Some(emails) = &change.emails {
+            self.emails = emails.clone();
+        }
+        if let Some(address) = &change.delivery_address {
+            self.delivery_address = address.clone();
+        }
+        self.contact_version += 1;
+        if stamp.is_some() {
+            self.updated_at = stamp;
+        }
+        self
+    }
 
-impl ContactChange {
-    /// The user after this change (the version bump included).
-    pub fn apply_to(&self, mut user: User) -> User {
-        if let Some(emails) = &self.emails {
-            user.emails = emails.clone();
+    /// The user's contact, as the `user.updated` event announces it.
+    pub fn contact(&self) -> UserContact {
+        UserContact {
+            user_id: self.user_id,
+            version: self.contact_version,
+            emails: self.emails.clone(),
+            delivery_address: self.delivery_address.clone(),
         }
-        if let Some(address) = &self.delivery_address {
-            user.delivery_address = address.clone();
-        }
-        user.contact_version += 1;
-        if self.updated_at.is_some() {
-            user.updated_at = self.updated_at;
-        }
-        user
     }
 }

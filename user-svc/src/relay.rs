@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tandem_messaging::amqp::{self as messaging, Topology};
-use tandem_messaging::event::USER_UPDATED;
+use tandem_messaging::Topology;
+use tandem_messaging::USER_UPDATED;
+use tandem_messaging::amqp::{self as messaging, PublishError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +48,7 @@ impl RelayConfig {
             lease: Duration::from_secs(30),
             batch: 200,
             idle_poll: Duration::from_millis(200),
-            confirm_timeout: Duration::from_secs(10),
+            confirm_timeout: messaging::CONFIRM_TIMEOUT,
         }
     }
 }
@@ -180,7 +181,7 @@ impl Relay {
             };
             let end = match self.open_channel(&connection).await {
                 Ok(channel) => {
-                    tracing::info!(broker = %messaging::redact(&url), "outbox relay connected");
+                    tracing::info!(broker = %tandem_serving::telemetry::redact_url(&url), "outbox relay connected");
                     self.set_connected(true);
                     let end = self.session(&connection, &channel, shutdown).await;
                     self.set_connected(false);
@@ -358,29 +359,19 @@ impl Relay {
                 continue;
             }
             // A confirm can hang forever when the channel dies under it; bound the wait.
-            match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => confirmed.push(event),
-                Ok(Ok(Confirmation::Ack(Some(_)))) => {
+            match messaging::confirmed(confirm, self.config.confirm_timeout).await {
+                Ok(()) => confirmed.push(event),
+                Err(PublishError::Unroutable) => {
                     tracing::error!(event_id = %event.event_id, exchange = %self.config.topology.exchange, "event was unroutable (no queue bound); it stays in the outbox");
                     failed.push(event);
                 }
-                Ok(Ok(Confirmation::Nack(_))) => {
+                Err(PublishError::Refused) => {
                     tracing::warn!(event_id = %event.event_id, "broker refused the event; it stays in the outbox");
                     failed.push(event);
                 }
-                Ok(Ok(Confirmation::NotRequested)) => {
-                    broken = Some("the channel is not in confirm mode".into());
-                    failed.push(event);
-                }
-                Ok(Err(e)) => {
-                    broken = Some(format!("confirm failed: {e}"));
-                    failed.push(event);
-                }
-                Err(_) => {
-                    broken = Some(format!(
-                        "no confirm within {:?}",
-                        self.config.confirm_timeout
-                    ));
+                // The channel is unusable: the rest wait for a new session.
+                Err(e) => {
+                    broken = Some(e.to_string());
                     failed.push(event);
                 }
             }

@@ -4,25 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem::domain::{Address, EmailCheck, EmailList, UserId};
-use tandem_messaging::event::UserUpdated;
-use user_svc::model::{ContactChange, User};
+use chrono::{DateTime, Utc};
+use tandem::domain::{ContactChange, UserId};
+use tandem_messaging::UserUpdated;
+use tandem_testkit::{domain_address as address, emails};
+use user_svc::model::User;
 use user_svc::store::{MongoUserStore, SqliteUserStore, StoreError, UserStore};
-
-fn emails(list: &[&str]) -> EmailList {
-    let raw: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-    EmailList::parse(&raw, EmailCheck::Lenient).unwrap()
-}
-
-fn address(street: &str) -> Address {
-    Address {
-        street: street.into(),
-        city: "Ottawa".into(),
-        province: "ON".into(),
-        postal_code: "K2P 1L4".into(),
-        country: "Canada".into(),
-    }
-}
 
 fn user(list: &[&str]) -> User {
     User {
@@ -38,14 +25,23 @@ fn user(list: &[&str]) -> User {
     }
 }
 
-fn change(user_id: UserId, list: Option<&[&str]>, street: Option<&str>) -> ContactChange {
+fn change(list: Option<&[&str]>, street: Option<&str>) -> ContactChange {
     ContactChange {
-        user_id,
         emails: list.map(emails),
         delivery_address: street.map(address),
-        updated_at: None,
-        request_id: Some("req-1".into()),
     }
+}
+
+/// Applies a change made by request "req-1", stamped at `stamp` (as v2 does) or not.
+async fn update(
+    store: &dyn UserStore,
+    user_id: UserId,
+    change: &ContactChange,
+    stamp: Option<DateTime<Utc>>,
+) -> Result<User, StoreError> {
+    store
+        .update_contact(user_id, change, stamp, Some("req-1".into()))
+        .await
 }
 
 async fn create_then_get_round_trips(store: Arc<dyn UserStore>) {
@@ -97,17 +93,19 @@ async fn concurrent_creates_with_one_email_admit_exactly_one(store: Arc<dyn User
 async fn contact_change_bumps_version_and_records_event(store: Arc<dyn UserStore>) {
     let original = user(&["a@x.io"]);
     store.create_user(&original).await.unwrap();
-    let mut stamped = change(
+    let stamp = Some(tandem::domain::now());
+    let changed = update(
+        &*store,
         original.user_id,
-        Some(&["b@x.io", "c@x.io"]),
-        Some("99 Park Ave"),
-    );
-    stamped.updated_at = Some(tandem::domain::now());
-    let changed = store.update_contact(&stamped).await.unwrap();
+        &change(Some(&["b@x.io", "c@x.io"]), Some("99 Park Ave")),
+        stamp,
+    )
+    .await
+    .unwrap();
     assert_eq!(changed.contact_version, 2);
     assert_eq!(changed.emails, emails(&["b@x.io", "c@x.io"]));
-    assert_eq!(changed.delivery_address.street, "99 Park Ave");
-    assert_eq!(changed.updated_at, stamped.updated_at);
+    assert_eq!(changed.delivery_address.street(), "99 Park Ave");
+    assert_eq!(changed.updated_at, stamp);
     assert_eq!(changed.first_name, original.first_name);
     assert_eq!(
         store.get_user(original.user_id).await.unwrap(),
@@ -115,10 +113,14 @@ async fn contact_change_bumps_version_and_records_event(store: Arc<dyn UserStore
     );
 
     // An address-only change keeps the emails and bumps the version again.
-    let again = store
-        .update_contact(&change(original.user_id, None, Some("1 Main St")))
-        .await
-        .unwrap();
+    let again = update(
+        &*store,
+        original.user_id,
+        &change(None, Some("1 Main St")),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (again.contact_version, again.emails.clone()),
         (3, changed.emails.clone())
@@ -130,13 +132,14 @@ async fn contact_change_bumps_version_and_records_event(store: Arc<dyn UserStore
         .unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
-    let body = UserUpdated::parse(events[0].payload.as_bytes()).unwrap();
+    let event = UserUpdated::parse(events[0].payload.as_bytes()).unwrap();
+    let body = &event.contact;
     assert_eq!(body.user_id, original.user_id);
     assert_eq!(body.version, 2);
     assert_eq!(body.emails, emails(&["b@x.io", "c@x.io"]));
-    assert_eq!(body.delivery_address.street, "99 Park Ave");
+    assert_eq!(body.delivery_address.street(), "99 Park Ave");
     assert_eq!(events[0].request_id.as_deref(), Some("req-1"));
-    assert_eq!(events[0].event_id, body.event_id);
+    assert_eq!(events[0].event_id, event.event_id);
 
     // The old address is free again; the new ones are taken.
     store.create_user(&user(&["A@x.io"])).await.unwrap();
@@ -147,22 +150,26 @@ async fn contact_change_bumps_version_and_records_event(store: Arc<dyn UserStore
 }
 
 async fn refused_changes_leave_no_trace(store: Arc<dyn UserStore>) {
-    let missing = store
-        .update_contact(&change(UserId::new_random(), Some(&["z@x.io"]), None))
-        .await;
+    let missing = update(
+        &*store,
+        UserId::new_random(),
+        &change(Some(&["z@x.io"]), None),
+        None,
+    )
+    .await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 
     let holder = user(&["held@x.io"]);
     let other = user(&["mine@x.io"]);
     store.create_user(&holder).await.unwrap();
     store.create_user(&other).await.unwrap();
-    let taken = store
-        .update_contact(&change(
-            other.user_id,
-            Some(&["mine@x.io", "HELD@x.io"]),
-            Some("2 Elm"),
-        ))
-        .await;
+    let taken = update(
+        &*store,
+        other.user_id,
+        &change(Some(&["mine@x.io", "HELD@x.io"]), Some("2 Elm")),
+        None,
+    )
+    .await;
     assert!(
         matches!(taken, Err(StoreError::EmailTaken { .. })),
         "{taken:?}"
@@ -174,10 +181,14 @@ async fn refused_changes_leave_no_trace(store: Arc<dyn UserStore>) {
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
 
     // Keeping one's own address, in another case, is not a clash.
-    let kept = store
-        .update_contact(&change(other.user_id, Some(&["MINE@x.io"]), None))
-        .await
-        .unwrap();
+    let kept = update(
+        &*store,
+        other.user_id,
+        &change(Some(&["MINE@x.io"]), None),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(kept.emails, emails(&["MINE@x.io"]));
 }
 
@@ -185,8 +196,7 @@ async fn outbox_leases_keep_relays_apart(store: Arc<dyn UserStore>) {
     let u = user(&["lease@x.io"]);
     store.create_user(&u).await.unwrap();
     for street in ["1 A St", "2 B St", "3 C St"] {
-        store
-            .update_contact(&change(u.user_id, None, Some(street)))
+        update(&*store, u.user_id, &change(None, Some(street)), None)
             .await
             .unwrap();
     }
@@ -231,8 +241,7 @@ async fn outbox_leases_keep_relays_apart(store: Arc<dyn UserStore>) {
     assert_eq!(retaken[0].attempts, 2);
 
     // A relay that dies keeps its lease only until it runs out.
-    store
-        .update_contact(&change(u.user_id, None, Some("4 D St")))
+    update(&*store, u.user_id, &change(None, Some("4 D St")), None)
         .await
         .unwrap();
     // (A zero lease has run out as soon as it is taken.)
@@ -264,18 +273,20 @@ async fn outbox_leases_keep_relays_apart(store: Arc<dyn UserStore>) {
 
 async fn sqlite_store() -> (Arc<dyn UserStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteUserStore::open(&dir.path().join("user_db.sqlite")).unwrap();
+    let store = SqliteUserStore::open(&dir.path().join("user_db.sqlite"))
+        .await
+        .unwrap();
     (Arc::new(store), dir)
 }
 
-async fn mongo_store() -> Option<Arc<dyn UserStore>> {
-    let uri = tandem_testkit::mongo_uri("user_db_test")?;
-    Some(Arc::new(MongoUserStore::connect(&uri).await.unwrap()))
+async fn mongo_store() -> Arc<dyn UserStore> {
+    let uri = tandem_testkit::contract::mongo_uri("user_db_test");
+    Arc::new(MongoUserStore::connect(&uri).await.unwrap())
 }
 
 tandem_testkit::store_contract!(
-    sqlite: super::sqlite_store,
-    mongo: super::mongo_store,
+    sqlite: sqlite_store,
+    mongo: mongo_store,
     cases: [
     create_then_get_round_trips,
     emails_are_unique_ignoring_case,

@@ -11,7 +11,9 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::json::JsonBody;
 use crate::metrics::FlavorStats;
-use crate::routing::{Flavor, Mode, RoutingConfig};
+use tandem::domain::Flavor;
+
+use crate::routing::{Mode, RoutingConfig};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +114,5 @@ pub async fn put_routing(
             "the routing file could not be written; the dial is unchanged",
         )
     })?;
-    state.metrics.set_routing_p(config.p);
     Ok(Json(view(&state)))
 }

@@ -7,14 +7,13 @@ mod ops;
 mod orders;
 mod users;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 use tracing::Instrument;
@@ -163,19 +162,36 @@ async fn wrong_method(request: Request) -> ApiError {
     )
 }
 
-/// Keeps the routing dial in step with its file, and its gauge with the dial.
-pub async fn watch_routing(state: AppState, poll: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if state.routing.reload().await == crate::routing::Reload::Rejected {
-                    state.metrics.routing_file_rejected();
-                }
-                state.metrics.set_routing_p(state.routing.current().p);
-            }
-        }
+/// The `status` of every successful answer.
+pub const SUCCESS: &str = "success";
+
+/// A protobuf timestamp as the REST API writes it: RFC 3339, UTC, milliseconds.
+pub fn rfc3339(ts: Option<prost_types::Timestamp>) -> Option<String> {
+    let ts = ts?;
+    chrono::DateTime::<chrono::Utc>::from_timestamp(ts.seconds, ts.nanos.max(0) as u32)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// The gRPC fields of a contact change (PUT /users/{id}, PUT /orders/{id}/details): the
+/// emails, the address, and the mask naming which of them the body gave. A body that
+/// gives neither is refused here.
+pub fn contact_request(
+    emails: Option<Vec<String>>,
+    delivery_address: Option<tandem::proto::common::v1::Address>,
+) -> Result<
+    (
+        Vec<String>,
+        Option<tandem::proto::common::v1::Address>,
+        prost_types::FieldMask,
+    ),
+    ApiError,
+> {
+    if emails.is_none() && delivery_address.is_none() {
+        return Err(ApiError::invalid(
+            "nothing to update: give emails and/or deliveryAddress",
+            Vec::new(),
+        ));
     }
+    let mask = tandem::domain::ContactChange::mask(emails.is_some(), delivery_address.is_some());
+    Ok((emails.unwrap_or_default(), delivery_address, mask))
 }

@@ -5,16 +5,193 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tandem::domain::{OrderStatus, Price, email_list_schema, json_path, text_schema};
+use tandem::proto::common::v1 as common;
 use tandem::proto::order::v1 as pb;
+use utoipa::ToSchema;
 
-use super::RequestId;
+use super::{RequestId, SUCCESS, contact_request, rfc3339};
 use crate::AppState;
-use crate::error::{ApiError, ErrorResponses, camel_path};
-use crate::json::{JsonBody, PathParam, parse_query};
-use crate::model::{
-    CreateOrderInput, ListQuery, OrderAfterEnvelope, OrderContactInput, OrderEnvelope, OrderView,
-    OrdersEnvelope, SUCCESS, StatusInput, contact_update,
-};
+use crate::error::{ApiError, ErrorResponses};
+use crate::json::{JsonBody, PathParam, parse_query, present, whole_number};
+
+// === the REST shapes ===
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ItemInput {
+    #[schema(schema_with = item_id)]
+    pub item_id: String,
+    /// At least 1.
+    #[schema(example = 1, minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
+    pub quantity: i64,
+    pub price: Price,
+}
+
+fn item_id() -> utoipa::openapi::Object {
+    text_schema(true, "Study table")
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateOrderInput {
+    #[schema(example = "8eab397f-6890-4c61-b3f8-4f6c099e4c90", format = Uuid)]
+    pub user_id: String,
+    #[schema(min_items = 1, max_items = 1000)]
+    pub items: Vec<ItemInput>,
+    #[serde(alias = "userEmails")]
+    #[schema(schema_with = email_list_schema)]
+    pub emails: Vec<String>,
+    pub delivery_address: common::Address,
+    /// Defaults to "under process".
+    pub order_status: Option<OrderStatus>,
+}
+
+impl From<CreateOrderInput> for pb::CreateOrderRequest {
+    fn from(b: CreateOrderInput) -> Self {
+        pb::CreateOrderRequest {
+            user_id: b.user_id,
+            items: b
+                .items
+                .into_iter()
+                .map(|i| pb::OrderItem {
+                    item_id: i.item_id,
+                    quantity: i.quantity,
+                    price: Some(common::Decimal {
+                        value: i.price.to_string(),
+                    }),
+                })
+                .collect(),
+            emails: b.emails,
+            delivery_address: Some(b.delivery_address),
+            order_status: b.order_status.map_or(0, |s| s.to_proto() as i32),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusInput {
+    pub order_status: OrderStatus,
+}
+
+/// New emails and/or a new delivery address (at least one, nothing else). Order bodies
+/// also take `userEmails` for `emails`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
+pub struct OrderContactInput {
+    #[serde(default, alias = "userEmails", deserialize_with = "present")]
+    #[schema(schema_with = email_list_schema, nullable = false)]
+    pub emails: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub delivery_address: Option<common::Address>,
+}
+
+/// Query of GET /orders.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only orders with this status.
+    pub status: Option<OrderStatus>,
+    /// Only orders of this user.
+    #[param(format = Uuid)]
+    pub user_id: Option<String>,
+    /// Orders per page: 100 by default, 1000 at most (larger asks get 1000).
+    #[param(minimum = 0)]
+    pub limit: Option<i32>,
+    /// `nextPageToken` of the previous page, with the same filters.
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemView {
+    pub item_id: String,
+    pub quantity: i64,
+    pub price: Price,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: String,
+    pub user_id: String,
+    pub items: Vec<ItemView>,
+    pub emails: Vec<String>,
+    pub delivery_address: common::Address,
+    pub order_status: OrderStatus,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl TryFrom<pb::Order> for OrderView {
+    type Error = String;
+
+    fn try_from(o: pb::Order) -> Result<Self, String> {
+        let items = o
+            .items
+            .into_iter()
+            .map(|i| {
+                let price = i.price.map(|p| p.value).unwrap_or_default();
+                Ok(ItemView {
+                    price: Price::parse(&price)
+                        .map_err(|e| format!("order-svc sent an unusable price {price:?}: {e}"))?,
+                    item_id: i.item_id,
+                    quantity: i.quantity,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let order_status = match OrderStatus::from_proto(o.order_status) {
+            Ok(Some(status)) => status,
+            _ => return Err("order-svc sent an order without a status".to_owned()),
+        };
+        Ok(OrderView {
+            order_id: o.order_id,
+            user_id: o.user_id,
+            items,
+            emails: o.emails,
+            delivery_address: o.delivery_address.unwrap_or_default(),
+            order_status,
+            created_at: rfc3339(o.created_at).unwrap_or_default(),
+            updated_at: rfc3339(o.updated_at).unwrap_or_default(),
+        })
+    }
+}
+
+/// `{"status":"success","order":…}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderEnvelope {
+    #[schema(example = "success")]
+    pub status: &'static str,
+    pub order: OrderView,
+}
+
+/// `{"status":"success","after":…}` for a changed order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderAfterEnvelope {
+    #[schema(example = "success")]
+    pub status: &'static str,
+    pub after: OrderView,
+}
+
+/// `{"status":"success","orders":[…],"nextPageToken":…}`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrdersEnvelope {
+    #[schema(example = "success")]
+    pub status: &'static str,
+    pub orders: Vec<OrderView>,
+    /// Present when more orders follow; pass it as `pageToken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+// === the handlers ===
 
 const UPSTREAM: &str = "the order service";
 
@@ -23,8 +200,7 @@ fn rename(field: &str) -> String {
     match field {
         "page_size" => "limit".to_owned(),
         "page_token" => "pageToken".to_owned(),
-        // GET /orders filters with `status`; bodies call it `orderStatus`.
-        other => camel_path(other),
+        other => json_path(other),
     }
 }
 
@@ -32,6 +208,7 @@ fn upstream_error(status: &tonic::Status) -> ApiError {
     ApiError::from_status(status, UPSTREAM, rename)
 }
 
+/// GET /orders filters with `status`; bodies call it `orderStatus`.
 fn list_rename(field: &str) -> String {
     match field {
         "order_status" => "status".to_owned(),
@@ -113,7 +290,7 @@ pub async fn list_orders(
         return Err(ApiError::invalid_field("userId", "must be a UUID"));
     }
     let request = pb::ListOrdersRequest {
-        order_status: query.status.map_or(0, |s| s.to_proto()),
+        order_status: query.status.map_or(0, |s| s.to_proto() as i32),
         user_id: query.user_id.unwrap_or_default(),
         page_size: query.limit.unwrap_or(0),
         page_token: query.page_token.unwrap_or_default(),
@@ -189,7 +366,7 @@ pub async fn update_status(
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
     let request = pb::UpdateOrderStatusRequest {
         order_id,
-        order_status: body.order_status.to_proto(),
+        order_status: body.order_status.to_proto() as i32,
     };
     let reply = state
         .upstreams
@@ -224,14 +401,8 @@ pub async fn update_details(
     PathParam(order_id): PathParam,
     JsonBody(body): JsonBody<OrderContactInput>,
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
-    if body.emails.is_none() && body.delivery_address.is_none() {
-        return Err(ApiError::invalid(
-            "nothing to update: give emails and/or deliveryAddress",
-            Vec::new(),
-        ));
-    }
     let (emails, delivery_address, update_mask) =
-        contact_update(body.emails, body.delivery_address);
+        contact_request(body.emails, body.delivery_address)?;
     let request = pb::UpdateOrderDetailsRequest {
         order_id,
         emails,
@@ -249,4 +420,22 @@ pub async fn update_details(
         status: SUCCESS,
         after: view(reply.order)?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_keep_their_digits_and_user_emails_is_emails() {
+        let item: ItemInput =
+            serde_json::from_str(r#"{"itemId":"t","quantity":2.0,"price":15.990}"#).unwrap();
+        assert_eq!(
+            (item.quantity, item.price.to_string()),
+            (2, "15.990".into())
+        );
+        let c: OrderContactInput = serde_json::from_str(r#"{"userEmails":["a@b.co"]}"#).unwrap();
+        assert_eq!(c.emails.unwrap(), ["a@b.co"]);
+        assert!(serde_json::from_str::<OrderContactInput>(r#"{"emails":null}"#).is_err());
+    }
 }

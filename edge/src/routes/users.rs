@@ -6,20 +6,131 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tandem::proto::user::v1::{GetUserRequest, UpdateUserContactRequest};
+use serde::{Deserialize, Serialize};
+use tandem::domain::{Flavor, email_list_schema, json_path, text_schema};
+use tandem::proto::common::v1 as common;
+use tandem::proto::user::v1 as pb;
+use utoipa::ToSchema;
 
-use super::RequestId;
+use super::{RequestId, SUCCESS, contact_request, rfc3339};
 use crate::AppState;
-use crate::error::{ApiError, ErrorResponses, camel_path};
-use crate::json::{JsonBody, PathParam};
-use crate::model::{
-    ContactInput, CreateUserInput, SUCCESS, UserAfterEnvelope, UserEnvelope, UserView,
-    contact_update,
-};
-use crate::routing::{self, Flavor};
+use crate::error::{ApiError, ErrorResponses};
+use crate::json::{JsonBody, PathParam, present};
+use crate::routing;
 use crate::upstream::{Retry, Served};
 
-const USER_VERSION: &str = "x-user-version";
+// === the REST shapes ===
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateUserInput {
+    #[schema(schema_with = first_name)]
+    pub first_name: Option<String>,
+    #[schema(schema_with = last_name)]
+    pub last_name: Option<String>,
+    #[schema(schema_with = phone_number)]
+    pub phone_number: Option<String>,
+    /// At least one; unique across users, ignoring case.
+    #[schema(schema_with = email_list_schema)]
+    pub emails: Vec<String>,
+    pub delivery_address: common::Address,
+}
+
+fn first_name() -> utoipa::openapi::Object {
+    or_null(text_schema(false, "Robert"))
+}
+
+fn last_name() -> utoipa::openapi::Object {
+    or_null(text_schema(false, "Williams"))
+}
+
+fn phone_number() -> utoipa::openapi::Object {
+    or_null(text_schema(false, "+1-438-222-7890"))
+}
+
+/// An optional field may also be sent as `null` (meaning absent).
+fn or_null(mut schema: utoipa::openapi::Object) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    schema.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
+    schema
+}
+
+impl From<CreateUserInput> for pb::CreateUserRequest {
+    fn from(b: CreateUserInput) -> Self {
+        pb::CreateUserRequest {
+            first_name: b.first_name,
+            last_name: b.last_name,
+            phone_number: b.phone_number,
+            emails: b.emails,
+            delivery_address: Some(b.delivery_address),
+        }
+    }
+}
+
+/// New emails and/or a new delivery address (at least one, nothing else).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
+pub struct ContactInput {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = email_list_schema, nullable = false)]
+    pub emails: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub delivery_address: Option<common::Address>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    #[schema(example = "8eab397f-6890-4c61-b3f8-4f6c099e4c90")]
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    pub emails: Vec<String>,
+    pub delivery_address: common::Address,
+    /// Set when the user was created by user-svc v2 (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Set when the user was created or last changed by user-svc v2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl From<pb::User> for UserView {
+    fn from(u: pb::User) -> Self {
+        UserView {
+            user_id: u.user_id,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            phone_number: u.phone_number,
+            emails: u.emails,
+            delivery_address: u.delivery_address.unwrap_or_default(),
+            created_at: rfc3339(u.created_at),
+            updated_at: rfc3339(u.updated_at),
+        }
+    }
+}
+
+/// `{"status":"success","user":…}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserEnvelope {
+    #[schema(example = "success")]
+    pub status: &'static str,
+    pub user: UserView,
+}
+
+/// `{"status":"success","after":…}` for a changed user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserAfterEnvelope {
+    #[schema(example = "success")]
+    pub status: &'static str,
+    pub after: UserView,
+}
 
 /// The values of `X-User-Version`, for the OpenAPI document.
 #[derive(utoipa::ToSchema)]
@@ -29,6 +140,10 @@ pub enum UserVersion {
     V1,
     V2,
 }
+
+// === the handlers ===
+
+const USER_VERSION: &str = "x-user-version";
 const SERVED_BY: &str = "x-served-by";
 const UPSTREAM: &str = "the user service";
 
@@ -38,34 +153,29 @@ fn pick(state: &AppState, headers: &HeaderMap, user_id: Option<&str>) -> Result<
         Some(value) => value
             .to_str()
             .ok()
-            .and_then(Flavor::parse)
+            .and_then(|v| v.parse().ok())
             .ok_or_else(|| ApiError::invalid_field("X-User-Version", "must be v1 or v2")),
         None => Ok(routing::choose(state.routing.current(), user_id)),
     }
-}
-
-/// REST names of the fields user-svc names (`user_id` is the path's `userId`).
-fn rename(field: &str) -> String {
-    camel_path(field)
 }
 
 /// Answers with the user-svc outcome, marked with the flavor that served it.
 fn respond<T>(served: Served<T>, ok: impl FnOnce(T) -> Response) -> Response {
     let mut response = match served.result {
         Ok(value) => ok(value),
-        Err(status) => ApiError::from_status(&status, UPSTREAM, rename).into_response(),
+        Err(status) => ApiError::from_status(&status, UPSTREAM, json_path).into_response(),
     };
     response.headers_mut().insert(
         SERVED_BY,
-        HeaderValue::from_static(served.flavor.served_by()),
+        HeaderValue::from_static(served.flavor.service_name()),
     );
     response
 }
 
-fn user_or_internal(user: Option<tandem::proto::user::v1::User>) -> Result<UserView, ApiError> {
+fn user_or_internal(user: Option<pb::User>) -> Result<UserView, ApiError> {
     user.map(UserView::from).ok_or_else(|| {
         tracing::error!("user-svc answered without a user");
-        ApiError::from_status(&tonic::Status::internal(""), UPSTREAM, rename)
+        ApiError::from_status(&tonic::Status::internal(""), UPSTREAM, json_path)
     })
 }
 
@@ -96,7 +206,7 @@ pub async fn create_user(
             flavor,
             Retry::OnlyIfNeverSent,
             &request_id,
-            body.into(),
+            pb::CreateUserRequest::from(body),
             |mut client, request| async move { client.create_user(request).await },
         )
         .await;
@@ -150,7 +260,7 @@ pub async fn get_user(
             flavor,
             Retry::Safe,
             &request_id,
-            GetUserRequest { user_id },
+            pb::GetUserRequest { user_id },
             |mut client, request| async move { client.get_user(request).await },
         )
         .await;
@@ -190,16 +300,10 @@ pub async fn update_user(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ContactInput>,
 ) -> Result<Response, ApiError> {
-    if body.emails.is_none() && body.delivery_address.is_none() {
-        return Err(ApiError::invalid(
-            "nothing to update: give emails and/or deliveryAddress",
-            Vec::new(),
-        ));
-    }
-    let flavor = pick(&state, &headers, Some(&user_id))?;
     let (emails, delivery_address, update_mask) =
-        contact_update(body.emails, body.delivery_address);
-    let request = UpdateUserContactRequest {
+        contact_request(body.emails, body.delivery_address)?;
+    let flavor = pick(&state, &headers, Some(&user_id))?;
+    let request = pb::UpdateUserContactRequest {
         user_id,
         emails,
         delivery_address,
@@ -225,4 +329,16 @@ pub async fn update_user(
             Err(error) => error.into_response(),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_is_not_absent() {
+        assert!(serde_json::from_str::<ContactInput>(r#"{"emails":null}"#).is_err());
+        let c: ContactInput = serde_json::from_str(r#"{"emails":["a@b.co"]}"#).unwrap();
+        assert!(c.delivery_address.is_none());
+    }
 }

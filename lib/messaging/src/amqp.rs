@@ -6,11 +6,25 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    PublisherConfirm,
+};
 
 use crate::event::USER_UPDATED;
+
+/// The topic exchange `user.updated` events are published to.
+pub const DEFAULT_EXCHANGE: &str = "user.events";
+/// The quorum queue the sync worker consumes.
+pub const DEFAULT_QUEUE: &str = "order-sync.user-updated";
+/// The dead-letter exchange and queue (one name).
+pub const DEFAULT_DEAD_LETTER: &str = "order-sync.dead";
+/// Deliveries of one message before RabbitMQ dead-letters it.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 
 /// Names and limits of the sync topology. Tests give each run names of its own, so they
 /// can share one broker.
@@ -20,7 +34,7 @@ pub struct Topology {
     #[arg(
         long = "amqp-exchange",
         env = "AMQP_EXCHANGE",
-        default_value = "user.events",
+        default_value = DEFAULT_EXCHANGE,
         global = true
     )]
     pub exchange: String,
@@ -29,7 +43,7 @@ pub struct Topology {
     #[arg(
         long = "amqp-queue",
         env = "AMQP_QUEUE",
-        default_value = "order-sync.user-updated",
+        default_value = DEFAULT_QUEUE,
         global = true
     )]
     pub queue: String,
@@ -38,7 +52,7 @@ pub struct Topology {
     #[arg(
         long = "amqp-dead-letter",
         env = "AMQP_DEAD_LETTER",
-        default_value = "order-sync.dead",
+        default_value = DEFAULT_DEAD_LETTER,
         global = true
     )]
     pub dead_letter: String,
@@ -47,7 +61,7 @@ pub struct Topology {
     #[arg(
         long = "amqp-delivery-limit",
         env = "AMQP_DELIVERY_LIMIT",
-        default_value_t = 20,
+        default_value_t = DEFAULT_DELIVERY_LIMIT,
         global = true
     )]
     pub delivery_limit: u32,
@@ -56,10 +70,10 @@ pub struct Topology {
 impl Default for Topology {
     fn default() -> Self {
         Topology {
-            exchange: "user.events".into(),
-            queue: "order-sync.user-updated".into(),
-            dead_letter: "order-sync.dead".into(),
-            delivery_limit: 20,
+            exchange: DEFAULT_EXCHANGE.into(),
+            queue: DEFAULT_QUEUE.into(),
+            dead_letter: DEFAULT_DEAD_LETTER.into(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
         }
     }
 }
@@ -67,12 +81,27 @@ impl Default for Topology {
 impl Topology {
     /// A topology whose every name starts with `prefix`, for tests on a shared broker.
     pub fn prefixed(prefix: &str) -> Topology {
+        let defaults = Topology::default();
         Topology {
-            exchange: format!("{prefix}.user.events"),
-            queue: format!("{prefix}.order-sync.user-updated"),
-            dead_letter: format!("{prefix}.order-sync.dead"),
-            delivery_limit: 20,
+            exchange: format!("{prefix}.{}", defaults.exchange),
+            queue: format!("{prefix}.{}", defaults.queue),
+            dead_letter: format!("{prefix}.{}", defaults.dead_letter),
+            ..defaults
         }
+    }
+
+    /// The command-line flags that select this topology, for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--amqp-exchange".into(),
+            self.exchange.clone(),
+            "--amqp-queue".into(),
+            self.queue.clone(),
+            "--amqp-dead-letter".into(),
+            self.dead_letter.clone(),
+            "--amqp-delivery-limit".into(),
+            self.delivery_limit.to_string(),
+        ]
     }
 }
 
@@ -181,7 +210,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
         format!("{url}?heartbeat={HEARTBEAT_SECS}")
     };
     let properties = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    let shown = redact(url);
+    let shown = tandem_serving::telemetry::redact_url(url);
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
         Connection::connect(&url_with_heartbeat, properties),
@@ -266,6 +295,67 @@ pub fn event_properties(event_id: &str, request_id: Option<&str>, app_id: &str) 
         .with_headers(headers)
 }
 
+/// How long a publisher confirm may take before the channel is presumed dead: a broker
+/// that accepted the connection but stopped answering would otherwise hold a publisher
+/// forever.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a publish was not confirmed. In every case the message may not have been stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("publish failed: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Refused,
+    #[error("the message was unroutable: no queue is bound to take it")]
+    Unroutable,
+    #[error("the channel is not in confirm mode")]
+    NotConfirming,
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Waits, at most `timeout`, for the broker to confirm one publish.
+pub async fn confirmed(confirm: PublisherConfirm, timeout: Duration) -> Result<(), PublishError> {
+    match tokio::time::timeout(timeout, confirm).await {
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Refused),
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirming),
+        Ok(Err(e)) => Err(PublishError::Amqp(e)),
+        Err(_) => Err(PublishError::Timeout(timeout)),
+    }
+}
+
+/// Publishes one message on a channel in confirm mode and waits (at most `timeout`) for
+/// the broker's confirm. `mandatory`: an unroutable message is an error, not a silent loss.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = tokio::time::timeout(
+        timeout,
+        channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        ),
+    )
+    .await
+    .map_err(|_| PublishError::Timeout(timeout))??;
+    confirmed(confirm, timeout).await
+}
+
 /// A string header of a message, if present.
 pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
     let headers = properties.headers().as_ref()?;
@@ -276,29 +366,26 @@ pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// `amqp://user:secret@host` → `amqp://user:***@host`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The flags' defaults are the topology's defaults: written once, as the constants.
     #[test]
-    fn credentials_never_print() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    fn the_flags_default_to_the_default_topology() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            topology: Topology,
+        }
+        let parsed = <Flags as clap::Parser>::try_parse_from(["test"]).unwrap();
+        assert_eq!(parsed.topology, Topology::default());
+        let prefixed = Topology::prefixed("t");
+        let round_trip = <Flags as clap::Parser>::try_parse_from(
+            std::iter::once("test".to_owned()).chain(prefixed.to_args()),
+        )
+        .unwrap();
+        assert_eq!(round_trip.topology, prefixed);
     }
 
     #[test]

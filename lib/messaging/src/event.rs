@@ -1,147 +1,102 @@
-//! The `user.updated` event on the wire: the proto3 JSON form of
+//! The `user.updated` event. On the wire it is the proto3 JSON form of
 //! `tandem.events.v1.UserUpdated`, readable in the RabbitMQ UI and by consumers that only
-//! know the documented fields (`userId`, `emails`, `deliveryAddress`).
+//! know the documented fields (`userId`, `emails`, `deliveryAddress`); in code it is a
+//! checked [`UserContact`] with the event's id and time.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-use tandem::domain::{Address, EmailCheck, EmailList, UserId, Violations};
+use tandem::domain::{UserContact, Violations, json_path};
 use tandem::proto::common::v1 as pb;
 
 /// The `event` field, the AMQP `type` property and the routing key.
 pub const USER_UPDATED: &str = "user.updated";
 
-/// The event body, field for field as proto3 JSON writes it (camelCase, int64 as string,
-/// RFC 3339 UTC timestamps).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserUpdated {
-    pub event: String,
-    pub event_id: String,
-    pub user_id: String,
-    #[serde(with = "int64_json")]
-    pub version: i64,
-    pub emails: Vec<String>,
-    pub delivery_address: AddressJson,
-    pub occurred_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AddressJson {
-    pub street: String,
-    pub city: String,
-    pub province: String,
-    pub postal_code: String,
-    pub country: String,
-}
-
-impl From<&Address> for AddressJson {
-    fn from(a: &Address) -> Self {
-        Self {
-            street: a.street.clone(),
-            city: a.city.clone(),
-            province: a.province.clone(),
-            postal_code: a.postal_code.clone(),
-            country: a.country.clone(),
-        }
-    }
-}
-
-impl From<&AddressJson> for pb::Address {
-    fn from(a: &AddressJson) -> Self {
-        pb::Address {
-            street: a.street.clone(),
-            city: a.city.clone(),
-            province: a.province.clone(),
-            postal_code: a.postal_code.clone(),
-            country: a.country.clone(),
-        }
-    }
-}
-
-/// A user's contact after a change, as a consumer needs it: checked, typed.
+/// A user's contact after a change, as the event announces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContactUpdate {
+pub struct UserUpdated {
+    /// Unique per event (UUIDv7, so ids sort by creation); also the AMQP message id.
     pub event_id: String,
-    pub user_id: UserId,
-    pub version: i64,
-    pub emails: EmailList,
-    pub delivery_address: Address,
     /// When the change was committed.
     pub occurred_at: DateTime<Utc>,
+    pub contact: UserContact,
+}
+
+/// The body, field for field as proto3 JSON writes it (camelCase, int64 as a string,
+/// RFC 3339 UTC timestamps).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire {
+    event: String,
+    event_id: String,
+    user_id: String,
+    #[serde(with = "int64_json")]
+    version: i64,
+    emails: Vec<String>,
+    delivery_address: pb::Address,
+    occurred_at: DateTime<Utc>,
 }
 
 impl UserUpdated {
-    pub fn new(
-        event_id: uuid::Uuid,
-        user_id: UserId,
-        version: i64,
-        emails: &EmailList,
-        address: &Address,
-        occurred_at: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            event: USER_UPDATED.to_owned(),
-            event_id: event_id.to_string(),
-            user_id: user_id.to_string(),
-            version,
-            emails: emails.to_strings(),
-            delivery_address: address.into(),
+    /// A new event (with a fresh id) announcing `contact`.
+    pub fn new(contact: UserContact, occurred_at: DateTime<Utc>) -> UserUpdated {
+        UserUpdated {
+            event_id: uuid::Uuid::now_v7().to_string(),
             occurred_at,
+            contact,
         }
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("an event always serializes")
+        let c = &self.contact;
+        let wire = Wire {
+            event: USER_UPDATED.to_owned(),
+            event_id: self.event_id.clone(),
+            user_id: c.user_id.to_string(),
+            version: c.version,
+            emails: c.emails.to_strings(),
+            delivery_address: c.delivery_address.to_proto(),
+            occurred_at: self.occurred_at,
+        };
+        serde_json::to_string(&wire).expect("an event always serializes")
     }
 
     /// Reads a message body. An error says why the event can never be applied, so it
-    /// belongs in the dead-letter queue.
-    pub fn parse(body: &[u8]) -> Result<ContactUpdate, String> {
-        let event: UserUpdated =
+    /// belongs in the dead-letter queue; it names every bad field at once.
+    pub fn parse(body: &[u8]) -> Result<UserUpdated, String> {
+        let wire: Wire =
             serde_json::from_slice(body).map_err(|e| format!("not a user.updated event: {e}"))?;
-        if event.event != USER_UPDATED {
+        if wire.event != USER_UPDATED {
             return Err(format!(
                 "event is {:?}, expected {USER_UPDATED:?}",
-                event.event
+                wire.event
             ));
         }
-        let mut violations = Violations::new();
-        let user_id = violations.check("userId", UserId::parse(&event.user_id));
-        if event.version < 1 {
-            violations.add("version", "must be at least 1");
-        }
-        // The user service already checked the emails with its flavor's rules; a consumer
-        // only insists they are present and well-formed enough to store.
-        let emails = match EmailList::parse(&event.emails, EmailCheck::Lenient) {
-            Ok(emails) => Some(emails),
-            Err(nested) => {
-                violations.extend_prefixed("emails", nested);
-                None
-            }
-        };
-        let address = match Address::parse(Some(&(&event.delivery_address).into())) {
-            Ok(address) => Some(address),
-            Err(nested) => {
-                violations.extend_prefixed("deliveryAddress", nested);
-                None
-            }
-        };
-        match (user_id, emails, address) {
-            (Some(user_id), Some(emails), Some(delivery_address)) if violations.is_empty() => {
-                Ok(ContactUpdate {
-                    event_id: event.event_id,
-                    user_id,
-                    version: event.version,
-                    emails,
-                    delivery_address,
-                    occurred_at: event.occurred_at,
-                })
-            }
-            _ => Err(format!("invalid user.updated event: {violations}")),
-        }
+        let contact = UserContact::parse(
+            &wire.user_id,
+            wire.version,
+            &wire.emails,
+            Some(&wire.delivery_address),
+        )
+        .map_err(|v| format!("invalid user.updated event: {}", as_event_fields(v)))?;
+        Ok(UserUpdated {
+            event_id: wire.event_id,
+            occurred_at: wire.occurred_at,
+            contact,
+        })
     }
+}
+
+/// Violations named as the event names its fields (`userId`, `version`, …).
+fn as_event_fields(violations: Violations) -> Violations {
+    let mut renamed = Violations::new();
+    for v in violations.into_vec() {
+        let field = match v.field.as_str() {
+            "contact_version" => "version".to_owned(),
+            other => json_path(other),
+        };
+        renamed.add(field, v.description);
+    }
+    renamed
 }
 
 /// proto3 JSON writes int64 as a string; readers accept a string or a number.
@@ -172,34 +127,34 @@ mod tests {
     use super::*;
     use prost::Message;
     use prost_reflect::{DescriptorPool, DynamicMessage};
+    use tandem::domain::{Address, EmailCheck, EmailList, UserId};
 
     fn sample() -> UserUpdated {
-        let emails = EmailList::parse(&["rob@x.io".into()], EmailCheck::Syntax).unwrap();
-        let address = Address {
+        let address = Address::parse(Some(&pb::Address {
             street: "99 Park Ave".into(),
             city: "Montreal".into(),
             province: "QC".into(),
             postal_code: "H3A 1B1".into(),
             country: "Canada".into(),
+        }))
+        .unwrap();
+        let contact = UserContact {
+            user_id: UserId::new_random(),
+            version: 3,
+            emails: EmailList::parse(&["rob@x.io".into()], EmailCheck::Syntax).unwrap(),
+            delivery_address: address,
         };
-        UserUpdated::new(
-            uuid::Uuid::now_v7(),
-            UserId::new_random(),
-            3,
-            &emails,
-            &address,
-            "2026-11-22T10:00:00.123Z".parse().unwrap(),
-        )
+        UserUpdated::new(contact, "2026-11-22T10:00:00.123Z".parse().unwrap())
     }
 
     fn to_proto(e: &UserUpdated) -> tandem::proto::events::v1::UserUpdated {
         tandem::proto::events::v1::UserUpdated {
-            event: e.event.clone(),
+            event: USER_UPDATED.into(),
             event_id: e.event_id.clone(),
-            user_id: e.user_id.clone(),
-            version: e.version,
-            emails: e.emails.clone(),
-            delivery_address: Some((&e.delivery_address).into()),
+            user_id: e.contact.user_id.to_string(),
+            version: e.contact.version,
+            emails: e.contact.emails.to_strings(),
+            delivery_address: Some(e.contact.delivery_address.to_proto()),
             occurred_at: Some(prost_types::Timestamp {
                 seconds: e.occurred_at.timestamp(),
                 nanos: e.occurred_at.timestamp_subsec_nanos() as i32,
@@ -207,8 +162,8 @@ mod tests {
         }
     }
 
-    /// The hand-written serde form must be exactly what a proto3 JSON library produces
-    /// and accepts, or consumers in other languages would disagree with us.
+    /// The serde form must be exactly what a proto3 JSON library produces and accepts, or
+    /// consumers in other languages would disagree with us.
     #[test]
     fn wire_form_is_canonical_proto3_json() {
         let pool = DescriptorPool::decode(tandem::proto::FILE_DESCRIPTOR_SET).unwrap();
@@ -228,20 +183,22 @@ mod tests {
         let mut de = serde_json::Deserializer::from_str(&json);
         let back = DynamicMessage::deserialize(desc, &mut de).unwrap();
         assert_eq!(back, dynamic);
+        assert_eq!(UserUpdated::parse(json.as_bytes()).unwrap(), event);
     }
 
     #[test]
     fn consumers_read_valid_events_and_explain_bad_ones() {
         let event = sample();
         let update = UserUpdated::parse(event.to_json().as_bytes()).unwrap();
-        assert_eq!(update.version, 3);
-        assert_eq!(update.user_id.to_string(), event.user_id);
+        assert_eq!(update.contact.version, 3);
+        assert_eq!(update.contact.user_id, event.contact.user_id);
 
         let mut numeric: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
         numeric["version"] = serde_json::json!(4);
         assert_eq!(
             UserUpdated::parse(numeric.to_string().as_bytes())
                 .unwrap()
+                .contact
                 .version,
             4
         );
@@ -251,10 +208,10 @@ mod tests {
                 .unwrap_err()
                 .contains("not a user.updated")
         );
-        let mut bad = event.clone();
-        bad.user_id = "nope".into();
-        bad.emails.clear();
-        let reason = UserUpdated::parse(bad.to_json().as_bytes()).unwrap_err();
+        let mut bad: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
+        bad["userId"] = serde_json::json!("nope");
+        bad["emails"] = serde_json::json!([]);
+        let reason = UserUpdated::parse(bad.to_string().as_bytes()).unwrap_err();
         assert!(
             reason.contains("userId") && reason.contains("emails"),
             "{reason}"

@@ -5,4 +5,4 @@ pub mod amqp;
 pub mod event;
 
 pub use amqp::{DEFAULT_AMQP_URL, Topology};
-pub use event::{ContactUpdate, USER_UPDATED, UserUpdated};
+pub use event::{USER_UPDATED, UserUpdated};

@@ -1,11 +1,47 @@
-//! What every tandem process serves and sets up the same way: gRPC servers with health
-//! and reflection, gRPC statuses that name bad fields, request ids in metadata, the small
-//! ops HTTP port, log setup, the shutdown signal, and listeners.
+//! What every tandem process serves and sets up the same way: gRPC servers with health,
+//! reflection and per-RPC metrics; statuses that name bad fields; request ids in
+//! metadata; the small ops HTTP port; the JSON error body; log setup; the shutdown
+//! signal; listeners (bound, or inherited from a supervisor).
 //!
 //! Nothing here knows a store or a broker; the edge depends on this crate alone of the
 //! support crates.
 
 pub mod grpc;
+pub mod http_error;
+pub mod listen;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+
+/// Why a service could not start, or stopped serving: its store would not open, or one of
+/// its servers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError<StoreError: std::error::Error + 'static> {
+    #[error("cannot open the {what} store {url}: {source}")]
+    Store {
+        what: &'static str,
+        /// Printable: passwords redacted.
+        url: String,
+        source: StoreError,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("ops server failed: {0}")]
+    Ops(#[from] std::io::Error),
+}
+
+/// How a binary's `main` ends: success, or the error as one line on stderr (and in the
+/// log) and exit status 1.
+pub fn exit_status<E: std::fmt::Display>(
+    binary: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{binary}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::http_error::ErrorBody;
 
 /// The state of one thing a process depends on.
 #[derive(Debug, Clone, Serialize)]
@@ -73,22 +75,32 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+async fn metrics(State(state): State<OpsState>) -> Response {
+    metrics_response(&state.registry)
+}
+
+/// A registry as the answer to `GET /metrics` (OpenMetrics text), or, should encoding
+/// fail, the JSON error every tandem endpoint answers with. The edge serves its own
+/// `/metrics` with this too.
+pub fn metrics_response(registry: &Registry) -> Response {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
         Ok(()) => (
-            StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             body,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "metrics could not be encoded".to_owned(),
-        ),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics could not be encoded");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(ErrorBody::new("INTERNAL", "metrics could not be encoded")),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -114,16 +126,54 @@ async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 /// The ops port next to a gRPC port: the same host, the port + 1000 (50051 → 51051), so
-/// processes on one machine never collide when their gRPC ports differ.
+/// processes on one machine never collide when their gRPC ports differ. A gRPC port of
+/// 0 (any free port) gives an ops port of 0 too: "+ 1000" of a port not yet chosen
+/// would be the privileged port 1000.
 pub fn default_addr(grpc: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut addr = grpc;
-    addr.set_port(grpc.port().saturating_add(1000));
+    if grpc.port() != 0 {
+        addr.set_port(grpc.port().saturating_add(1000));
+    }
     addr
 }
 
-/// Binds a listener, with an error that names the address.
-pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ops_port_follows_the_grpc_port() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(default_addr(at("0.0.0.0:50051")), at("0.0.0.0:51051"));
+        assert_eq!(default_addr(at("127.0.0.1:0")), at("127.0.0.1:0"));
+    }
+
+    /// A collector that cannot be written, standing for any encoding failure.
+    #[derive(Debug)]
+    struct Broken;
+
+    impl prometheus_client::collector::Collector for Broken {
+        fn encode(
+            &self,
+            _: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            Err(std::fmt::Error)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_metrics_failure_is_the_json_error() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Broken));
+        let response = metrics_response(&registry);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["code"], "INTERNAL");
+        assert!(body["fields"].as_array().unwrap().is_empty());
+    }
 }

@@ -42,3 +42,41 @@ pub fn init(args: &LogArgs) {
             .init(),
     }
 }
+
+/// A connection URL as it may be logged: `scheme://user:secret@host/…` becomes
+/// `scheme://user:***@host/…`. Only the authority (before the first `/` after the scheme)
+/// is looked at, so an `@` in a path or query is left alone. Every URL with credentials
+/// (AMQP, MongoDB) goes through here before it is printed.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_never_print() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("mongodb://admin:hunter2@db:27017/?authSource=admin"),
+            "mongodb://admin:***@db:27017/?authSource=admin"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(redact_url("mongodb://h/db?x=a@b"), "mongodb://h/db?x=a@b");
+        assert_eq!(redact_url("no scheme"), "no scheme");
+    }
+}

@@ -1,11 +1,15 @@
-//! Where a service keeps its data: the `--store` URL, and the embedded SQLite setup that
-//! user-svc and order-svc share. Each service owns its own store trait and schema.
+//! What user-svc and order-svc share about where they keep their data: the `--store` URL,
+//! the embedded SQLite database (a pool, migrations, one writer at a time, all off the
+//! async runtime) and the MongoDB helpers. Each service owns its own store trait and
+//! schema.
 
 pub mod mongo;
 pub mod sqlite;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use tandem_serving::telemetry::redact_url;
 
 /// A parsed `--store` value: `sqlite://PATH` (relative, or absolute as `sqlite:///abs`)
 /// or a MongoDB connection string.
@@ -31,7 +35,7 @@ impl FromStr for StoreUrl {
         } else {
             Err(format!(
                 "unsupported store URL {:?}: use sqlite://PATH or mongodb://HOST[:PORT]/",
-                redact(raw)
+                redact_url(raw)
             ))
         }
     }
@@ -42,7 +46,7 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
-            StoreUrl::Mongo(uri) => f.write_str(&redact(uri)),
+            StoreUrl::Mongo(uri) => f.write_str(&redact_url(uri)),
         }
     }
 }
@@ -50,21 +54,6 @@ impl std::fmt::Display for StoreUrl {
 impl std::fmt::Debug for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
-    }
-}
-
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-fn redact(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        None => uri.to_owned(),
     }
 }
 

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{Document, doc};
+use chrono::{DateTime, Utc};
+use mongodb::bson::{Bson, DateTime as BsonDateTime, Document, doc};
 use mongodb::error::{Error, ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
+use tandem::domain::Address;
 
 /// MongoDB's code for a unique index refusing a document.
 const DUPLICATE_KEY: i32 = 11000;
@@ -145,5 +147,51 @@ pub fn emails_schema() -> Document {
         "bsonType": "array",
         "minItems": 1,
         "items": { "bsonType": "string" },
+    }
+}
+
+/// A UTC instant as a BSON date (millisecond precision, as every tandem store keeps).
+pub fn bson_date(at: DateTime<Utc>) -> BsonDateTime {
+    BsonDateTime::from_millis(at.timestamp_millis())
+}
+
+/// The instant a BSON date holds.
+pub fn from_bson_date(at: BsonDateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(at.timestamp_millis())
+}
+
+/// An address as both stores' documents hold it (`deliveryAddress`).
+pub fn address_doc(a: &Address) -> Document {
+    doc! {
+        "street": a.street(),
+        "city": a.city(),
+        "province": a.province(),
+        "postalCode": a.postal_code(),
+        "country": a.country(),
+    }
+}
+
+/// Reads an address written by [`address_doc`].
+pub fn address_from_doc(d: &Document) -> Result<Address, String> {
+    let part = |key: &str| {
+        d.get_str(key)
+            .map(str::to_owned)
+            .map_err(|e| format!("deliveryAddress.{key}: {e}"))
+    };
+    Ok(Address::from_stored(
+        part("street")?,
+        part("city")?,
+        part("province")?,
+        part("postalCode")?,
+        part("country")?,
+    ))
+}
+
+/// Reads an integer stored as Int64 or Int32 (some servers narrow `$inc` results).
+pub fn integer(value: Option<&Bson>) -> Option<i64> {
+    match value? {
+        Bson::Int64(v) => Some(*v),
+        Bson::Int32(v) => Some(i64::from(*v)),
+        _ => None,
     }
 }

@@ -95,7 +95,21 @@ fn retry_soon(attempt: i32) -> bool {
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
 /// `migrations[i]` moves the schema from version `i` to `i + 1`.
-pub fn open(path: &Path, migrations: &[&str]) -> Result<Database, SqliteError> {
+///
+/// Opening connects, and migrating may wait for another process's write lock (v1 and v2
+/// start together on one file), in SQLite's busy handler, which sleeps its thread: so all
+/// of it runs on tokio's blocking pool, never on an async worker.
+pub async fn open(
+    path: &Path,
+    migrations: &'static [&'static str],
+) -> Result<Database, SqliteError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || open_blocking(&path, migrations))
+        .await
+        .map_err(|e| SqliteError::Task(e.to_string()))?
+}
+
+fn open_blocking(path: &Path, migrations: &[&str]) -> Result<Database, SqliteError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| SqliteError::Dir {
             path: dir.display().to_string(),
@@ -179,17 +193,18 @@ pub fn is_unique_violation(err: &rusqlite::Error) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn migrations_run_once_per_file() {
+    const MIGRATIONS: &[&str] = &[
+        "CREATE TABLE t (x INTEGER PRIMARY KEY)",
+        "ALTER TABLE t ADD y",
+    ];
+
+    #[tokio::test]
+    async fn migrations_run_once_per_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/db.sqlite");
-        let migrations = [
-            "CREATE TABLE t (x INTEGER PRIMARY KEY)",
-            "ALTER TABLE t ADD y",
-        ];
-        open(&path, &migrations).unwrap();
+        open(&path, MIGRATIONS).await.unwrap();
         // A second open (another process, or a restart) finds nothing to do.
-        let db = open(&path, &migrations).unwrap();
+        let db = open(&path, MIGRATIONS).await.unwrap();
         let conn = db.pool().get().unwrap();
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -201,17 +216,62 @@ mod tests {
         assert_eq!(mode, "wal");
     }
 
-    #[test]
-    fn unique_violations_are_recognised() {
+    #[tokio::test]
+    async fn unique_violations_are_recognised() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(
             &dir.path().join("db.sqlite"),
             &["CREATE TABLE t (x TEXT UNIQUE)"],
         )
+        .await
         .unwrap();
         let conn = db.pool().get().unwrap();
         conn.execute("INSERT INTO t VALUES ('a')", []).unwrap();
         let err = conn.execute("INSERT INTO t VALUES ('a')", []).unwrap_err();
         assert!(is_unique_violation(&err));
+    }
+
+    /// While another process holds the write lock, opening waits in SQLite's busy handler;
+    /// the async runtime must go on meanwhile (here, a timer on a one-thread runtime).
+    #[test]
+    fn opening_a_locked_file_does_not_block_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(open(&path, MIGRATIONS)).unwrap();
+
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let conn = Connection::open(path).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked.send(()).unwrap();
+                // The other process's write: it holds the lock this long.
+                std::thread::sleep(Duration::from_millis(300));
+                conn.execute_batch("COMMIT").unwrap();
+            })
+        };
+        is_locked.recv().unwrap();
+        let ticks = runtime.block_on(async {
+            let mut ticks = 0;
+            let mut timer = tokio::time::interval(Duration::from_millis(10));
+            let opening = open(&path, MIGRATIONS);
+            tokio::pin!(opening);
+            loop {
+                tokio::select! {
+                    opened = &mut opening => { opened.unwrap(); break ticks; }
+                    _ = timer.tick() => ticks += 1,
+                }
+            }
+        });
+        holder.join().unwrap();
+        assert!(
+            ticks >= 10,
+            "the runtime stood still while the file was locked ({ticks} ticks in ~300 ms)"
+        );
     }
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tandem::domain::{OrderId, OrderStatus};
+use tandem::domain::{ContactChange, OrderId, OrderStatus, UserContact};
 use tandem_storage::StoreUrl;
 
-use crate::model::{DetailsChange, ListFilter, Order, PageCursor, UserContact};
+use crate::model::{ListFilter, Order, PageCursor};
 
 pub use mongo::MongoOrderStore;
 pub use sqlite::SqliteOrderStore;
@@ -88,7 +88,7 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn update_details(
         &self,
         order_id: OrderId,
-        change: &DetailsChange,
+        change: &ContactChange,
         now: DateTime<Utc>,
     ) -> Result<DetailsOutcome, StoreError>;
 
@@ -107,7 +107,7 @@ pub trait OrderStore: Send + Sync + 'static {
 /// Opens the store a `--store` URL names, creating its schema, indexes and validators.
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn OrderStore>, StoreError> {
     Ok(match url {
-        StoreUrl::Sqlite(path) => Arc::new(SqliteOrderStore::open(path)?),
+        StoreUrl::Sqlite(path) => Arc::new(SqliteOrderStore::open(path).await?),
         StoreUrl::Mongo(uri) => Arc::new(MongoOrderStore::connect(uri).await?),
     })
 }

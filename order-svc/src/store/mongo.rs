@@ -1,19 +1,22 @@
 //! Orders in MongoDB (`order_db.orders`). Prices are Decimal128, never doubles.
 
 use async_trait::async_trait;
-use bson::{Bson, DateTime as BsonDateTime, Decimal128, Document, doc};
+use bson::{Bson, Decimal128, Document, doc};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
-use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
-use tandem_storage::mongo::{self, Failure, address_schema, emails_schema, ensure_collection};
+use tandem::domain::{ContactChange, EmailList, OrderId, OrderStatus, Price, UserContact, UserId};
+use tandem_storage::mongo::{
+    self, Failure, address_doc, address_from_doc, address_schema, bson_date, emails_schema,
+    ensure_collection, from_bson_date, integer,
+};
 
 use super::{
     ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome, StoreError, status_outcome,
     statuses_before,
 };
-use crate::model::{DetailsChange, ListFilter, Order, OrderItem, PageCursor, UserContact};
+use crate::model::{ListFilter, Order, OrderItem, PageCursor};
 
 pub struct MongoOrderStore {
     db: Database,
@@ -87,20 +90,6 @@ impl MongoOrderStore {
     }
 }
 
-fn bson_date(at: DateTime<Utc>) -> BsonDateTime {
-    BsonDateTime::from_millis(at.timestamp_millis())
-}
-
-fn address_doc(a: &Address) -> Document {
-    doc! {
-        "street": &a.street,
-        "city": &a.city,
-        "province": &a.province,
-        "postalCode": &a.postal_code,
-        "country": &a.country,
-    }
-}
-
 fn decimal128(price: &Price) -> Decimal128 {
     // rust_decimal prints plain notation with at most 28 fractional digits, always within
     // Decimal128's 34 significant digits.
@@ -139,14 +128,6 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("stored order is malformed ({what}): {e}"))
 }
 
-fn integer(value: Option<&Bson>) -> Option<i64> {
-    match value {
-        Some(Bson::Int64(v)) => Some(*v),
-        Some(Bson::Int32(v)) => Some(i64::from(*v)),
-        _ => None,
-    }
-}
-
 fn order_from_doc(d: &Document) -> Result<Order, StoreError> {
     let text = |doc: &Document, key: &str| {
         doc.get_str(key)
@@ -156,7 +137,8 @@ fn order_from_doc(d: &Document) -> Result<Order, StoreError> {
     let date = |key: &str| {
         d.get_datetime(key)
             .ok()
-            .and_then(|t| DateTime::from_timestamp_millis(t.timestamp_millis()))
+            .copied()
+            .and_then(from_bson_date)
             .ok_or_else(|| corrupt(key, "not a date"))
     };
     let items = d
@@ -193,19 +175,14 @@ fn order_from_doc(d: &Document) -> Result<Order, StoreError> {
         .collect::<Result<Vec<_>, _>>()?;
     let address = d
         .get_document("deliveryAddress")
-        .map_err(|e| corrupt("deliveryAddress", e))?;
+        .map_err(|e| corrupt("deliveryAddress", e))
+        .and_then(|a| address_from_doc(a).map_err(|e| corrupt("deliveryAddress", e)))?;
     Ok(Order {
         order_id: OrderId::parse(&text(d, "orderId")?).map_err(|e| corrupt("orderId", e))?,
         user_id: UserId::parse(&text(d, "userId")?).map_err(|e| corrupt("userId", e))?,
         items,
         emails: EmailList::from_stored(emails),
-        delivery_address: Address {
-            street: text(address, "street")?,
-            city: text(address, "city")?,
-            province: text(address, "province")?,
-            postal_code: text(address, "postalCode")?,
-            country: text(address, "country")?,
-        },
+        delivery_address: address,
         status: OrderStatus::from_str_opt(&text(d, "orderStatus")?)
             .ok_or_else(|| corrupt("orderStatus", "unknown"))?,
         contact_version: integer(d.get("contactVersion")).unwrap_or(0),
@@ -295,7 +272,7 @@ impl OrderStore for MongoOrderStore {
     async fn update_details(
         &self,
         order_id: OrderId,
-        change: &DetailsChange,
+        change: &ContactChange,
         now: DateTime<Utc>,
     ) -> Result<DetailsOutcome, StoreError> {
         let id = order_id.to_string();

@@ -8,14 +8,16 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 use serde::{Deserialize, Serialize};
-use tandem::domain::{Address, EmailList, OrderId, OrderStatus, Price, UserId};
+use tandem::domain::{
+    Address, ContactChange, EmailList, OrderId, OrderStatus, Price, UserContact, UserId,
+};
 use tandem_storage::sqlite::{self, Database, SqliteError};
 
 use super::{
     ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome, StoreError, status_outcome,
     statuses_before,
 };
-use crate::model::{DetailsChange, ListFilter, Order, OrderItem, PageCursor, UserContact};
+use crate::model::{ListFilter, Order, OrderItem, PageCursor};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -79,9 +81,10 @@ pub struct SqliteOrderStore {
 }
 
 impl SqliteOrderStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db =
-            sqlite::open(path, MIGRATIONS).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sqlite::open(path, MIGRATIONS)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self { db })
     }
 }
@@ -117,11 +120,11 @@ fn order_params(order: &Order) -> Vec<Box<dyn rusqlite::ToSql>> {
         Box::new(order.user_id.to_string()),
         Box::new(items_json(&order.items)),
         Box::new(json_list(order.emails.to_strings())),
-        Box::new(a.street.clone()),
-        Box::new(a.city.clone()),
-        Box::new(a.province.clone()),
-        Box::new(a.postal_code.clone()),
-        Box::new(a.country.clone()),
+        Box::new(a.street().to_owned()),
+        Box::new(a.city().to_owned()),
+        Box::new(a.province().to_owned()),
+        Box::new(a.postal_code().to_owned()),
+        Box::new(a.country().to_owned()),
         Box::new(order.status.as_str()),
         Box::new(order.contact_version),
         Box::new(millis(order.created_at)),
@@ -189,13 +192,13 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> 
     let status: String = row.get(9)?;
     let created_at: i64 = row.get(11)?;
     let updated_at: i64 = row.get(12)?;
-    let address = Address {
-        street: row.get(4)?,
-        city: row.get(5)?,
-        province: row.get(6)?,
-        postal_code: row.get(7)?,
-        country: row.get(8)?,
-    };
+    let address = Address::from_stored(
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    );
     let contact_version: i64 = row.get(10)?;
     Ok((|| {
         let items: Vec<StoredItem> =
@@ -348,7 +351,7 @@ impl OrderStore for SqliteOrderStore {
     async fn update_details(
         &self,
         order_id: OrderId,
-        change: &DetailsChange,
+        change: &ContactChange,
         now: DateTime<Utc>,
     ) -> Result<DetailsOutcome, StoreError> {
         let change = change.clone();
@@ -377,11 +380,11 @@ impl OrderStore for SqliteOrderStore {
                     params![
                         id,
                         json_list(order.emails.to_strings()),
-                        a.street,
-                        a.city,
-                        a.province,
-                        a.postal_code,
-                        a.country,
+                        a.street(),
+                        a.city(),
+                        a.province(),
+                        a.postal_code(),
+                        a.country(),
                         millis(now),
                     ],
                 )?;
@@ -419,11 +422,11 @@ impl OrderStore for SqliteOrderStore {
                     user_id,
                     contact.version,
                     json_list(contact.emails.to_strings()),
-                    a.street,
-                    a.city,
-                    a.province,
-                    a.postal_code,
-                    a.country,
+                    a.street(),
+                    a.city(),
+                    a.province(),
+                    a.postal_code(),
+                    a.country(),
                     millis(now),
                 ],
             )?;
@@ -454,7 +457,7 @@ mod tests {
     async fn orders_survive_the_move_to_the_clustered_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("order_db.sqlite");
-        let v1 = sqlite::open(&path, &MIGRATIONS[..1]).unwrap();
+        let v1 = sqlite::open(&path, &MIGRATIONS[..1]).await.unwrap();
         v1.pool()
             .get()
             .unwrap()
@@ -464,7 +467,7 @@ mod tests {
             )
             .unwrap();
         drop(v1);
-        let store = SqliteOrderStore::open(&path).unwrap();
+        let store = SqliteOrderStore::open(&path).await.unwrap();
         let id = OrderId::parse("8eab397f-6890-4c61-b3f8-4f6c099e4c90").unwrap();
         let order = store.get_order(id).await.unwrap().expect("the order moved");
         assert_eq!(

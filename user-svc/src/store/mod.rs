@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tandem::domain::UserId;
-use tandem_messaging::event::UserUpdated;
+use tandem::domain::{ContactChange, UserId};
+use tandem_messaging::UserUpdated;
 use tandem_storage::StoreUrl;
 
-use crate::model::{ContactChange, User};
+use crate::model::User;
 
 pub use mongo::MongoUserStore;
 pub use sqlite::SqliteUserStore;
@@ -50,17 +50,9 @@ pub struct OutboxEvent {
 impl OutboxEvent {
     /// The event recording `user`'s contact as it is after a change.
     pub fn for_user(user: &User, occurred_at: DateTime<Utc>, request_id: Option<String>) -> Self {
-        let event_id = uuid::Uuid::now_v7();
-        let body = UserUpdated::new(
-            event_id,
-            user.user_id,
-            user.contact_version,
-            &user.emails,
-            &user.delivery_address,
-            occurred_at,
-        );
+        let body = UserUpdated::new(user.contact(), occurred_at);
         Self {
-            event_id: event_id.to_string(),
+            event_id: body.event_id.clone(),
             user_id: user.user_id.to_string(),
             version: user.contact_version,
             payload: body.to_json(),
@@ -84,9 +76,16 @@ pub trait UserStore: Send + Sync + 'static {
 
     async fn get_user(&self, user_id: UserId) -> Result<Option<User>, StoreError>;
 
-    /// Applies `change`, increments the contact version and records the `user.updated`
-    /// event, all in one atomic write; returns the user as changed.
-    async fn update_contact(&self, change: &ContactChange) -> Result<User, StoreError>;
+    /// Applies `change` to the user, increments the contact version, sets `updated_at` to
+    /// `stamp` when given, and records the `user.updated` event (with the id of the
+    /// request that caused it), all in one atomic write; returns the user as changed.
+    async fn update_contact(
+        &self,
+        user_id: UserId,
+        change: &ContactChange,
+        stamp: Option<DateTime<Utc>>,
+        request_id: Option<String>,
+    ) -> Result<User, StoreError>;
 
     /// Leases up to `limit` unpublished events, oldest first, to `owner` for `lease`.
     /// Events leased to another relay whose lease has not run out are skipped, so two
@@ -114,7 +113,7 @@ pub trait UserStore: Send + Sync + 'static {
 /// Opens the store a `--store` URL names, creating its schema, indexes and validators.
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn UserStore>, StoreError> {
     Ok(match url {
-        StoreUrl::Sqlite(path) => Arc::new(SqliteUserStore::open(path)?),
+        StoreUrl::Sqlite(path) => Arc::new(SqliteUserStore::open(path).await?),
         StoreUrl::Mongo(uri) => Arc::new(MongoUserStore::connect(uri).await?),
     })
 }

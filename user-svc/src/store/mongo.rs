@@ -12,11 +12,14 @@ use futures::FutureExt;
 use futures::TryStreamExt;
 use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
-use tandem::domain::{Address, EmailList, UserId};
-use tandem_storage::mongo::{self, Failure, address_schema, emails_schema, ensure_collection};
+use tandem::domain::{ContactChange, EmailList, UserId};
+use tandem_storage::mongo::{
+    self, Failure, address_doc, address_from_doc, address_schema, bson_date, emails_schema,
+    ensure_collection, from_bson_date, integer,
+};
 
 use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
-use crate::model::{ContactChange, User};
+use crate::model::User;
 
 pub struct MongoUserStore {
     client: Client,
@@ -145,20 +148,6 @@ impl MongoUserStore {
     }
 }
 
-fn bson_date(at: DateTime<Utc>) -> BsonDateTime {
-    BsonDateTime::from_millis(at.timestamp_millis())
-}
-
-fn address_doc(a: &Address) -> Document {
-    doc! {
-        "street": &a.street,
-        "city": &a.city,
-        "province": &a.province,
-        "postalCode": &a.postal_code,
-        "country": &a.country,
-    }
-}
-
 fn user_doc(user: &User) -> Document {
     let mut d = doc! {
         "userId": user.user_id.to_string(),
@@ -208,20 +197,11 @@ fn user_from_doc(d: &Document) -> Result<User, StoreError> {
             .map_err(|e| corrupt("user", e))
     };
     let optional = |key: &str| d.get_str(key).ok().map(str::to_owned);
-    let date = |key: &str| {
-        d.get_datetime(key)
-            .ok()
-            .and_then(|t| DateTime::from_timestamp_millis(t.timestamp_millis()))
-    };
+    let date = |key: &str| d.get_datetime(key).ok().copied().and_then(from_bson_date);
     let address = d
         .get_document("deliveryAddress")
-        .map_err(|e| corrupt("user", e))?;
-    let part = |key: &str| {
-        address
-            .get_str(key)
-            .map(str::to_owned)
-            .map_err(|e| corrupt("address", e))
-    };
+        .map_err(|e| corrupt("user", e))
+        .and_then(|a| address_from_doc(a).map_err(|e| corrupt("user", e)))?;
     let emails = d
         .get_array("emails")
         .map_err(|e| corrupt("user", e))?
@@ -238,26 +218,12 @@ fn user_from_doc(d: &Document) -> Result<User, StoreError> {
         last_name: optional("lastName"),
         phone_number: optional("phoneNumber"),
         emails: EmailList::from_stored(emails),
-        delivery_address: Address {
-            street: part("street")?,
-            city: part("city")?,
-            province: part("province")?,
-            postal_code: part("postalCode")?,
-            country: part("country")?,
-        },
-        contact_version: integer(d, "contactVersion").map_err(|e| corrupt("user", e))?,
+        delivery_address: address,
+        contact_version: integer(d.get("contactVersion"))
+            .ok_or_else(|| corrupt("user", "contactVersion is not an integer"))?,
         created_at: date("createdAt"),
         updated_at: date("updatedAt"),
     })
-}
-
-/// Reads an integer stored as Int64 or Int32 (some servers narrow `$inc` results).
-fn integer(d: &Document, key: &str) -> Result<i64, String> {
-    match d.get(key) {
-        Some(Bson::Int64(v)) => Ok(*v),
-        Some(Bson::Int32(v)) => Ok(i64::from(*v)),
-        other => Err(format!("{key} is {other:?}, not an integer")),
-    }
 }
 
 fn outbox_doc(e: &OutboxEvent) -> Document {
@@ -285,15 +251,17 @@ fn outbox_from_doc(d: &Document) -> Result<OutboxEvent, StoreError> {
     Ok(OutboxEvent {
         event_id: text("_id")?,
         user_id: text("userId")?,
-        version: integer(d, "version").map_err(|e| corrupt("outbox event", e))?,
+        version: integer(d.get("version"))
+            .ok_or_else(|| corrupt("outbox event", "version is not an integer"))?,
         payload: text("payload")?,
         request_id: d.get_str("requestId").ok().map(str::to_owned),
         created_at: d
             .get_datetime("createdAt")
             .ok()
-            .and_then(|t| DateTime::from_timestamp_millis(t.timestamp_millis()))
+            .copied()
+            .and_then(from_bson_date)
             .unwrap_or_default(),
-        attempts: integer(d, "attempts").unwrap_or(0),
+        attempts: integer(d.get("attempts")).unwrap_or(0),
     })
 }
 
@@ -302,7 +270,10 @@ fn outbox_from_doc(d: &Document) -> Result<OutboxEvent, StoreError> {
 struct TxContext {
     users: Collection<Document>,
     outbox: Collection<Document>,
+    user_id: UserId,
     change: ContactChange,
+    stamp: Option<DateTime<Utc>>,
+    request_id: Option<String>,
 }
 
 async fn write_contact_change(
@@ -312,16 +283,19 @@ async fn write_contact_change(
     let TxContext {
         users,
         outbox,
+        user_id,
         change,
+        stamp,
+        request_id,
     } = context;
-    let id = change.user_id.to_string();
+    let id = user_id.to_string();
     let current = users
         .find_one(doc! { "userId": &id })
         .session(&mut *session)
         .await?
         .ok_or_else(|| mongodb::error::Error::custom(StoreError::NotFound))?;
     let current = user_from_doc(&current).map_err(mongodb::error::Error::custom)?;
-    let user = change.apply_to(current);
+    let user = current.changed(change, *stamp);
     let mut set = doc! {
         "emails": user.emails.to_strings(),
         "emailsNormalized": user.emails.normalized(),
@@ -345,7 +319,7 @@ async fn write_contact_change(
             "the user changed concurrently; try again".into(),
         )));
     }
-    let event = OutboxEvent::for_user(&user, tandem::domain::now(), change.request_id.clone());
+    let event = OutboxEvent::for_user(&user, tandem::domain::now(), request_id.clone());
     outbox
         .insert_one(outbox_doc(&event))
         .session(&mut *session)
@@ -374,13 +348,22 @@ impl UserStore for MongoUserStore {
             .transpose()
     }
 
-    async fn update_contact(&self, change: &ContactChange) -> Result<User, StoreError> {
+    async fn update_contact(
+        &self,
+        user_id: UserId,
+        change: &ContactChange,
+        stamp: Option<DateTime<Utc>>,
+        request_id: Option<String>,
+    ) -> Result<User, StoreError> {
         let run_transaction = || async {
             let mut session = self.client.start_session().await?;
             let context = TxContext {
                 users: self.users.clone(),
                 outbox: self.outbox.clone(),
+                user_id,
                 change: change.clone(),
+                stamp,
+                request_id: request_id.clone(),
             };
             session
                 .start_transaction()
@@ -407,7 +390,7 @@ impl UserStore for MongoUserStore {
                     .emails
                     .clone()
                     .unwrap_or_else(|| EmailList::from_stored(vec![]));
-                Err(self.taken_email(&emails, &change.user_id.to_string()).await)
+                Err(self.taken_email(&emails, &user_id.to_string()).await)
             }
             Err(e) => Err(e.into()),
         }
@@ -431,10 +414,9 @@ impl UserStore for MongoUserStore {
             .await?;
         let mut claimed = Vec::with_capacity(due.len());
         for candidate in due {
-            let (Ok(id), Some(attempts)) = (
-                candidate.get_str("_id"),
-                integer(&candidate, "attempts").ok(),
-            ) else {
+            let (Ok(id), Some(attempts)) =
+                (candidate.get_str("_id"), integer(candidate.get("attempts")))
+            else {
                 continue;
             };
             // One conditional update per event: if another relay claimed it since the

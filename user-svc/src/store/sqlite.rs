@@ -8,11 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
-use tandem::domain::{Address, EmailList, UserId};
+use tandem::domain::{Address, ContactChange, EmailList, UserId};
 use tandem_storage::sqlite::{self, Database, SqliteError, is_unique_violation};
 
 use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
-use crate::model::{ContactChange, User};
+use crate::model::User;
 
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE users (
@@ -61,9 +61,10 @@ pub struct SqliteUserStore {
 }
 
 impl SqliteUserStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db =
-            sqlite::open(path, MIGRATIONS).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sqlite::open(path, MIGRATIONS)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self { db })
     }
 }
@@ -111,13 +112,13 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
         last_name: row.get(2)?,
         phone_number: row.get(3)?,
         emails: EmailList::from_stored(emails),
-        delivery_address: Address {
-            street: row.get(5)?,
-            city: row.get(6)?,
-            province: row.get(7)?,
-            postal_code: row.get(8)?,
-            country: row.get(9)?,
-        },
+        delivery_address: Address::from_stored(
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+            row.get(9)?,
+        ),
         contact_version: row.get(10)?,
         created_at: from_millis(row.get(11)?),
         updated_at: from_millis(row.get(12)?),
@@ -184,11 +185,11 @@ impl UserStore for SqliteUserStore {
                     user.last_name,
                     user.phone_number,
                     emails_json(&user.emails),
-                    a.street,
-                    a.city,
-                    a.province,
-                    a.postal_code,
-                    a.country,
+                    a.street(),
+                    a.city(),
+                    a.province(),
+                    a.postal_code(),
+                    a.country(),
                     user.contact_version,
                     user.created_at.map(millis),
                     user.updated_at.map(millis),
@@ -207,19 +208,25 @@ impl UserStore for SqliteUserStore {
             .await
     }
 
-    async fn update_contact(&self, change: &ContactChange) -> Result<User, StoreError> {
+    async fn update_contact(
+        &self,
+        user_id: UserId,
+        change: &ContactChange,
+        stamp: Option<DateTime<Utc>>,
+        request_id: Option<String>,
+    ) -> Result<User, StoreError> {
         let change = change.clone();
         self.db
             .write(move |conn| {
                 // IMMEDIATE takes the write lock up front: the read below cannot go stale.
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let id = change.user_id.to_string();
+                let id = user_id.to_string();
                 let current = load_user(&tx, &id)?.ok_or(StoreError::NotFound)?;
                 if let Some(emails) = &change.emails {
                     tx.execute("DELETE FROM user_emails WHERE user_id = ?1", [&id])?;
                     claim_emails(&tx, &id, emails)?;
                 }
-                let user = change.apply_to(current);
+                let user = current.changed(&change, stamp);
                 let a = &user.delivery_address;
                 tx.execute(
                     "UPDATE users SET emails = ?2, street = ?3, city = ?4, province = ?5, \
@@ -228,17 +235,16 @@ impl UserStore for SqliteUserStore {
                     params![
                         id,
                         emails_json(&user.emails),
-                        a.street,
-                        a.city,
-                        a.province,
-                        a.postal_code,
-                        a.country,
+                        a.street(),
+                        a.city(),
+                        a.province(),
+                        a.postal_code(),
+                        a.country(),
                         user.contact_version,
                         user.updated_at.map(millis),
                     ],
                 )?;
-                let event =
-                    OutboxEvent::for_user(&user, tandem::domain::now(), change.request_id.clone());
+                let event = OutboxEvent::for_user(&user, tandem::domain::now(), request_id);
                 tx.execute(
                 "INSERT INTO outbox (event_id, user_id, version, payload, request_id, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
