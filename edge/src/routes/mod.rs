@@ -172,26 +172,66 @@ pub fn rfc3339(ts: Option<prost_types::Timestamp>) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-/// The gRPC fields of a contact change (PUT /users/{id}, PUT /orders/{id}/details): the
-/// emails, the address, and the mask naming which of them the body gave. A body that
-/// gives neither is refused here.
-pub fn contact_request(
-    emails: Option<Vec<String>>,
-    delivery_address: Option<tandem::proto::common::v1::Address>,
-) -> Result<
-    (
-        Vec<String>,
-        Option<tandem::proto::common::v1::Address>,
-        prost_types::FieldMask,
-    ),
-    ApiError,
-> {
-    if emails.is_none() && delivery_address.is_none() {
-        return Err(ApiError::invalid(
-            "nothing to update: give emails and/or deliveryAddress",
-            Vec::new(),
-        ));
+/// New emails and/or a new delivery address (at least one, nothing else). `userEmails` is
+/// taken for `emails` (order bodies of older clients say so).
+//
+// The body of `PUT /users/{userId}` and `PUT /orders/{orderId}/details` alike: the REST
+// form of `tandem::domain::ContactChange`, which the service checks.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1)]
+pub struct ContactChangeBody {
+    #[serde(
+        default,
+        alias = "userEmails",
+        deserialize_with = "crate::json::present"
+    )]
+    #[schema(schema_with = tandem::domain::email_list_schema, nullable = false)]
+    pub emails: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    #[schema(nullable = false)]
+    pub delivery_address: Option<tandem::proto::common::v1::Address>,
+}
+
+/// The gRPC fields of a contact change: the emails, the address, and the update mask
+/// naming which of them the body gave.
+type ContactChangeFields = (
+    Vec<String>,
+    Option<tandem::proto::common::v1::Address>,
+    prost_types::FieldMask,
+);
+
+impl ContactChangeBody {
+    /// The fields of the update request; a body that gives neither field is refused here.
+    pub fn into_request_fields(self) -> Result<ContactChangeFields, ApiError> {
+        if self.emails.is_none() && self.delivery_address.is_none() {
+            return Err(ApiError::invalid(
+                "nothing to update: give emails and/or deliveryAddress",
+                Vec::new(),
+            ));
+        }
+        let mask = tandem::domain::ContactChange::mask(
+            self.emails.is_some(),
+            self.delivery_address.is_some(),
+        );
+        Ok((self.emails.unwrap_or_default(), self.delivery_address, mask))
     }
-    let mask = tandem::domain::ContactChange::mask(emails.is_some(), delivery_address.is_some());
-    Ok((emails.unwrap_or_default(), delivery_address, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_change_names_what_it_changes_and_null_is_not_absent() {
+        let body: ContactChangeBody = serde_json::from_str(r#"{"userEmails":["a@b.co"]}"#).unwrap();
+        let (emails, address, mask) = body.into_request_fields().unwrap();
+        assert_eq!(
+            (emails, address, mask.paths),
+            (vec!["a@b.co".to_owned()], None, vec!["emails".to_owned()])
+        );
+        assert!(serde_json::from_str::<ContactChangeBody>(r#"{"emails":null}"#).is_err());
+        let empty: ContactChangeBody = serde_json::from_str("{}").unwrap();
+        assert!(empty.into_request_fields().is_err());
+    }
 }

@@ -11,10 +11,10 @@ use tandem::proto::common::v1 as common;
 use tandem::proto::order::v1 as pb;
 use utoipa::ToSchema;
 
-use super::{RequestId, SUCCESS, contact_request, rfc3339};
+use super::{ContactChangeBody, RequestId, SUCCESS, rfc3339};
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
-use crate::json::{JsonBody, PathParam, parse_query, present, whole_number};
+use crate::json::{JsonBody, PathParam, parse_query, whole_number};
 
 // === the REST shapes ===
 
@@ -75,20 +75,6 @@ impl From<CreateOrderInput> for pb::CreateOrderRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StatusInput {
     pub order_status: OrderStatus,
-}
-
-/// New emails and/or a new delivery address (at least one, nothing else). Order bodies
-/// also take `userEmails` for `emails`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(min_properties = 1)]
-pub struct OrderContactInput {
-    #[serde(default, alias = "userEmails", deserialize_with = "present")]
-    #[schema(schema_with = email_list_schema, nullable = false)]
-    pub emails: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(nullable = false)]
-    pub delivery_address: Option<common::Address>,
 }
 
 /// Query of GET /orders.
@@ -388,7 +374,7 @@ pub async fn update_status(
     put,
     path = "/orders/{orderId}/details",
     tag = "orders",
-    request_body = OrderContactInput,
+    request_body = ContactChangeBody,
     params(("orderId" = uuid::Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order after the change", body = OrderAfterEnvelope),
@@ -399,10 +385,9 @@ pub async fn update_details(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     PathParam(order_id): PathParam,
-    JsonBody(body): JsonBody<OrderContactInput>,
+    JsonBody(body): JsonBody<ContactChangeBody>,
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
-    let (emails, delivery_address, update_mask) =
-        contact_request(body.emails, body.delivery_address)?;
+    let (emails, delivery_address, update_mask) = body.into_request_fields()?;
     let request = pb::UpdateOrderDetailsRequest {
         order_id,
         emails,
@@ -427,15 +412,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prices_keep_their_digits_and_user_emails_is_emails() {
+    fn quantities_are_whole_and_prices_keep_their_digits() {
         let item: ItemInput =
             serde_json::from_str(r#"{"itemId":"t","quantity":2.0,"price":15.990}"#).unwrap();
         assert_eq!(
             (item.quantity, item.price.to_string()),
             (2, "15.990".into())
         );
-        let c: OrderContactInput = serde_json::from_str(r#"{"userEmails":["a@b.co"]}"#).unwrap();
-        assert_eq!(c.emails.unwrap(), ["a@b.co"]);
-        assert!(serde_json::from_str::<OrderContactInput>(r#"{"emails":null}"#).is_err());
+        assert!(
+            serde_json::from_str::<ItemInput>(r#"{"itemId":"t","quantity":2.5,"price":1}"#)
+                .is_err()
+        );
     }
 }

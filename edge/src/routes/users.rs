@@ -12,10 +12,10 @@ use tandem::proto::common::v1 as common;
 use tandem::proto::user::v1 as pb;
 use utoipa::ToSchema;
 
-use super::{RequestId, SUCCESS, contact_request, rfc3339};
+use super::{ContactChangeBody, RequestId, SUCCESS, rfc3339};
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
-use crate::json::{JsonBody, PathParam, present};
+use crate::json::{JsonBody, PathParam};
 use crate::routing;
 use crate::upstream::{Retry, Served};
 
@@ -65,19 +65,6 @@ impl From<CreateUserInput> for pb::CreateUserRequest {
             delivery_address: Some(b.delivery_address),
         }
     }
-}
-
-/// New emails and/or a new delivery address (at least one, nothing else).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(min_properties = 1)]
-pub struct ContactInput {
-    #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = email_list_schema, nullable = false)]
-    pub emails: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(nullable = false)]
-    pub delivery_address: Option<common::Address>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -282,7 +269,7 @@ pub async fn get_user(
     put,
     path = "/users/{userId}",
     tag = "users",
-    request_body = ContactInput,
+    request_body = ContactChangeBody,
     params(
         ("userId" = uuid::Uuid, Path, description = "The user's id"),
         ("X-User-Version" = Option<UserVersion>, Header, nullable = false, description = "Force a flavor"),
@@ -298,10 +285,9 @@ pub async fn update_user(
     Extension(RequestId(request_id)): Extension<RequestId>,
     PathParam(user_id): PathParam,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<ContactInput>,
+    JsonBody(body): JsonBody<ContactChangeBody>,
 ) -> Result<Response, ApiError> {
-    let (emails, delivery_address, update_mask) =
-        contact_request(body.emails, body.delivery_address)?;
+    let (emails, delivery_address, update_mask) = body.into_request_fields()?;
     let flavor = pick(&state, &headers, Some(&user_id))?;
     let request = pb::UpdateUserContactRequest {
         user_id,
@@ -329,16 +315,4 @@ pub async fn update_user(
             Err(error) => error.into_response(),
         }
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn null_is_not_absent() {
-        assert!(serde_json::from_str::<ContactInput>(r#"{"emails":null}"#).is_err());
-        let c: ContactInput = serde_json::from_str(r#"{"emails":["a@b.co"]}"#).unwrap();
-        assert!(c.delivery_address.is_none());
-    }
 }
