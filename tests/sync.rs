@@ -381,7 +381,14 @@ async fn a_worker_stopped_with_sigterm_drains_and_loses_nothing() {
         let contact = stack.update(&mut users, id, step).await;
         expected.insert(id.clone(), contact);
     }
-    // With order-svc frozen, the next updates pile up in the worker's hands.
+    // The first 30 applied (else more than the prefetch of 32 could pile up below), and
+    // then, with order-svc frozen, the next updates pile up in the worker's hands.
+    metric_at_least(
+        &stack.ops(Service::Worker),
+        "tandem_sync_events_applied",
+        30.0,
+    )
+    .await;
     stack.signal(Service::Orders, Signal::SIGSTOP);
     for step in 30..40 {
         let id = &ids[step % ids.len()];
