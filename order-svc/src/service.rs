@@ -79,11 +79,8 @@ impl OrderApi {
     }
 
     async fn get(&self, request: GetOrderRequest) -> Result<GetOrderResponse, OrderError> {
-        let order_id = OrderId::parse(&request.order_id).map_err(|e| {
-            let mut v = Violations::new();
-            v.add("order_id", e);
-            OrderError::Invalid(v)
-        })?;
+        let order_id = OrderId::parse(&request.order_id)
+            .map_err(|e| OrderError::Invalid(Violations::single("order_id", e)))?;
         let order = self
             .store
             .get_order(order_id)

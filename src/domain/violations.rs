@@ -25,6 +25,11 @@ impl Violations {
         Self::default()
     }
 
+    /// One violation.
+    pub fn single(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self(vec![FieldViolation::new(field, description)])
+    }
+
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation::new(field, description));
     }

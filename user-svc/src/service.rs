@@ -79,11 +79,8 @@ impl UserApi {
     }
 
     async fn get(&self, request: GetUserRequest) -> Result<GetUserResponse, UserError> {
-        let user_id = UserId::parse(&request.user_id).map_err(|e| {
-            let mut v = Violations::new();
-            v.add("user_id", e);
-            UserError::Invalid(v)
-        })?;
+        let user_id = UserId::parse(&request.user_id)
+            .map_err(|e| UserError::Invalid(Violations::single("user_id", e)))?;
         let user = self
             .store
             .get_user(user_id)
