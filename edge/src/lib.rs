@@ -2,9 +2,15 @@
 //! each call into gRPC for user-svc (v1 or v2, by the live routing dial) and order-svc,
 //! and answers every failure with the API's JSON error shape.
 //!
-//! The binary is a thin shell over [`Edge`]: build it from a [`Config`] (the routing file
-//! is read first, so a bad file fails before any port is bound), then serve it.
+//! Around the dial it runs the migration control ([`control`]): shadow reads, the
+//! progressive rollout and its analysis, the operator's page, and, with several
+//! replicas, one shared state.
+//!
+//! The binary is a thin shell over [`Edge`]: build it from a [`Config`] (the routing and
+//! control files are read first, so a bad file fails before any port is bound), then
+//! serve it.
 
+pub mod control;
 mod error;
 mod json;
 mod metrics;
@@ -22,10 +28,10 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use control::Control;
 pub use error::{ErrorBody, http_status};
 pub use json::MAX_BODY_BYTES;
 use metrics::EdgeMetrics;
-use routing::Routing;
 pub use upstream::UpstreamConfig;
 use upstream::Upstreams;
 
@@ -41,6 +47,15 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// The longest a request may take end to end, reading a slow client's body included.
     pub request_timeout: Duration,
+    /// Other replicas to share the dial, the shadow settings and the rollout with.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How replicas of the edge find each other: through RabbitMQ, under a cluster name.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub amqp_url: String,
+    pub name: String,
 }
 
 /// The admin bearer token. Never printed.
@@ -71,12 +86,14 @@ pub enum Error {
     Routing(String),
     #[error("upstream: {0}")]
     Upstream(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// What every request handler shares.
 pub(crate) struct Shared {
     upstreams: Upstreams,
-    routing: Routing,
+    control: Arc<Control>,
     metrics: EdgeMetrics,
     registry: Registry,
     admin_token: Option<AdminToken>,
@@ -89,18 +106,26 @@ pub(crate) type AppState = Arc<Shared>;
 pub struct Edge {
     state: AppState,
     routing_poll: Duration,
+    cluster: Option<ClusterSettings>,
 }
 
 impl Edge {
     pub fn new(config: Config) -> Result<Edge, Error> {
+        if config.cluster.is_some() && !cfg!(feature = "cluster") {
+            return Err(Error::Cluster(
+                "this edge was built without the cluster feature (cargo build -p edge --features cluster)".into(),
+            ));
+        }
         let mut registry = Registry::with_prefix("tandem_edge");
-        let routing = Routing::load(&config.routing_file, &mut registry).map_err(Error::Routing)?;
+        let control =
+            Arc::new(Control::load(&config.routing_file, &mut registry).map_err(Error::Routing)?);
         let metrics = EdgeMetrics::register(&mut registry);
         let upstreams =
-            Upstreams::new(&config.upstreams, metrics.clone()).map_err(Error::Upstream)?;
+            Upstreams::new(&config.upstreams, metrics.clone(), control.recorder.clone())
+                .map_err(Error::Upstream)?;
         let state = Arc::new(Shared {
             upstreams,
-            routing,
+            control,
             metrics,
             registry,
             admin_token: config.admin_token,
@@ -109,6 +134,7 @@ impl Edge {
         Ok(Edge {
             state,
             routing_poll: config.routing_poll,
+            cluster: config.cluster,
         })
     }
 
@@ -128,24 +154,52 @@ impl Edge {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let watcher = {
-            let state = self.state.clone();
-            let shutdown = shutdown.clone();
-            let poll = self.routing_poll;
-            tokio::spawn(async move { state.routing.watch(poll, shutdown).await })
-        };
-        let routing = self.state.routing.current();
+        let control = self.state.control.clone();
+        let tasks = [
+            Some(tokio::spawn(
+                control.clone().run(self.routing_poll, shutdown.clone()),
+            )),
+            Some(tokio::spawn(control.shadow.clone().run(
+                self.state.upstreams.clone(),
+                control.recorder.clone(),
+                shutdown.clone(),
+            ))),
+            self.join_cluster(&shutdown),
+        ];
+        let routing = control.dial();
         tracing::info!(
             addr = ?listener.local_addr().ok(),
             p = routing.p,
             mode = ?routing.mode,
-            routing_file = %self.state.routing.file().display(),
+            routing_file = %control.routing.file().display(),
             admin_api = self.state.admin_token.is_some(),
+            cluster = ?self.cluster.as_ref().map(|c| &c.name),
             "edge serving"
         );
         server::serve(listener, self.router(), shutdown.clone()).await;
         shutdown.cancel();
-        let _ = watcher.await;
+        for task in tasks.into_iter().flatten() {
+            let _ = task.await;
+        }
         Ok(())
+    }
+
+    #[cfg(feature = "cluster")]
+    fn join_cluster(&self, shutdown: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        let cluster = self.cluster.as_ref()?;
+        let config = control::cluster::ClusterConfig {
+            amqp_url: cluster.amqp_url.clone(),
+            name: cluster.name.clone(),
+        };
+        Some(tokio::spawn(control::cluster::run(
+            self.state.control.clone(),
+            config,
+            shutdown.clone(),
+        )))
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn join_cluster(&self, _: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        None
     }
 }

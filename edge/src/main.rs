@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use edge::{AdminToken, Config, Edge, UpstreamConfig};
+use edge::{AdminToken, ClusterSettings, Config, Edge, UpstreamConfig};
 use tandem_serving::listen::Listeners;
 use tandem_serving::telemetry::{self, LogArgs};
 
@@ -59,6 +59,20 @@ struct Args {
     #[arg(long, env = "EDGE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
 
+    /// Share the dial, the shadow settings and the rollout with the other edges started
+    /// with this cluster name (through RabbitMQ at --amqp); unset, this edge is alone.
+    #[arg(long, env = "EDGE_CLUSTER")]
+    cluster: Option<String>,
+
+    /// RabbitMQ, through which the edges of a cluster talk.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp: String,
+
     /// How often the routing file is checked for changes, in milliseconds.
     #[arg(long, env = "ROUTING_POLL_MS", default_value_t = 1000)]
     routing_poll_ms: u64,
@@ -86,6 +100,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         routing_poll: Duration::from_millis(args.routing_poll_ms.max(10)),
         admin_token: args.admin_token.and_then(AdminToken::new),
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+        cluster: args.cluster.map(|name| ClusterSettings {
+            amqp_url: args.amqp,
+            name,
+        }),
     };
     let edge = Edge::new(config)?;
     let listener = Listeners::from_env().take_or_bind(0, args.listen).await?;

@@ -12,7 +12,6 @@
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,7 +19,6 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tandem::domain::Flavor;
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -108,11 +106,46 @@ pub fn choose(config: RoutingConfig, user_id: Option<&str>) -> Flavor {
     }
 }
 
+/// The routing file as the edge writes it: the config, and the version of the change
+/// that wrote it (so a replica sharing the file can tell another replica's write from an
+/// operator's edit). A file written by hand needs no version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingFile {
+    #[serde(rename = "P", deserialize_with = "crate::json::whole_number")]
+    p: u8,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+}
+
+impl RoutingFile {
+    fn parse(text: &str) -> Result<RoutingFile, String> {
+        let file: RoutingFile =
+            serde_json::from_str(text).map_err(|e| format!("not a routing config ({e})"))?;
+        file.config().validate()?;
+        Ok(file)
+    }
+
+    fn config(&self) -> RoutingConfig {
+        RoutingConfig {
+            p: self.p,
+            mode: self.mode,
+        }
+    }
+}
+
 /// What a look at the routing file found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
     Unchanged,
-    Applied,
+    /// The file holds a new config, written by hand (`version: None`) or by the edge
+    /// that changed it. Nothing is applied yet: the caller decides.
+    Changed {
+        config: RoutingConfig,
+        version: Option<String>,
+    },
     /// The file changed but does not parse; the last good config stays.
     Rejected,
 }
@@ -137,7 +170,9 @@ impl Routing {
     pub fn load(file: &Path, registry: &mut Registry) -> Result<Routing, String> {
         let (config, seen) = match std::fs::read_to_string(file) {
             Ok(text) => (
-                RoutingConfig::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?,
+                RoutingFile::parse(&text)
+                    .map_err(|e| format!("{}: {e}", file.display()))?
+                    .config(),
                 Some(text),
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (RoutingConfig::default(), None),
@@ -172,18 +207,24 @@ impl Routing {
         &self.file
     }
 
-    fn store(&self, config: RoutingConfig) {
+    /// Applies `config` to requests from now on (not to the file).
+    pub fn store(&self, config: RoutingConfig) {
         self.dial.store(config.pack(), Ordering::Relaxed);
         self.p_gauge.set(i64::from(config.p));
     }
 
-    /// Applies `config` now and writes it to the routing file atomically (a temporary
-    /// file in the same directory, renamed over it), so a restart keeps it.
-    pub async fn set(&self, config: RoutingConfig) -> Result<(), String> {
+    /// Applies `config` now and writes it, with the version of the change, to the
+    /// routing file atomically (a temporary file in the same directory, renamed over
+    /// it), so a restart keeps it.
+    pub async fn set(&self, config: RoutingConfig, version: &str) -> Result<(), String> {
         config.validate()?;
         let mut seen = self.writer.lock().await;
-        let text =
-            serde_json::to_string_pretty(&config).expect("a config always serializes") + "\n";
+        let file = RoutingFile {
+            p: config.p,
+            mode: config.mode,
+            version: Some(version.to_owned()),
+        };
+        let text = serde_json::to_string_pretty(&file).expect("a config always serializes") + "\n";
         let file = self.file.clone();
         let written = text.clone();
         tokio::task::spawn_blocking(move || write_atomically(&file, &written))
@@ -191,12 +232,11 @@ impl Routing {
             .map_err(|e| e.to_string())??;
         self.store(config);
         *seen = Some(text);
-        tracing::info!(p = config.p, mode = ?config.mode, file = %self.file.display(), "routing changed by the admin API");
         Ok(())
     }
 
-    /// Re-reads the file if its content changed. A file that does not parse keeps the
-    /// last good config, and is logged and counted.
+    /// Re-reads the file if its content changed, and says what it holds. A file that
+    /// does not parse is logged and counted, and changes nothing.
     pub async fn reload(&self) -> Reload {
         let text = match tokio::fs::read_to_string(&self.file).await {
             Ok(text) => text,
@@ -207,15 +247,11 @@ impl Routing {
         if seen.as_deref() == Some(text.as_str()) {
             return Reload::Unchanged;
         }
-        let outcome = match RoutingConfig::parse(&text) {
-            Ok(config) => {
-                let before = self.current();
-                self.store(config);
-                if before != config {
-                    tracing::info!(p = config.p, mode = ?config.mode, file = %self.file.display(), "routing file changed");
-                }
-                Reload::Applied
-            }
+        let outcome = match RoutingFile::parse(&text) {
+            Ok(file) => Reload::Changed {
+                config: file.config(),
+                version: file.version,
+            },
             Err(e) => {
                 let kept = self.current();
                 self.rejections.inc();
@@ -226,23 +262,9 @@ impl Routing {
         *seen = Some(text);
         outcome
     }
-
-    /// Keeps the dial in step with its file until `shutdown`. Polled (not watched with
-    /// inotify): polling also sees edits through a Docker bind mount of a single file,
-    /// which replaces the inode.
-    pub async fn watch(&self, poll: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => { self.reload().await; }
-            }
-        }
-    }
 }
 
-fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     let dir = file
         .parent()
@@ -341,7 +363,7 @@ mod tests {
         let routing = Routing::load(&file, &mut registry).unwrap();
         assert_eq!(routing.current(), RoutingConfig::default());
 
-        routing.set(sticky(30)).await.unwrap();
+        routing.set(sticky(30), "v-1").await.unwrap();
         assert_eq!(routing.p_gauge.get(), 30);
         assert_eq!(
             Routing::load(&file, &mut Registry::default())
@@ -350,11 +372,28 @@ mod tests {
             sticky(30)
         );
 
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains(r#""version": "v-1""#)
+        );
+        assert_eq!(routing.reload().await, Reload::Unchanged, "its own write");
+
         std::fs::write(&file, r#"{"P": 55}"#).unwrap();
-        assert_eq!(routing.reload().await, Reload::Applied);
-        assert_eq!(routing.current().p, 55);
-        assert_eq!(routing.p_gauge.get(), 55);
+        assert_eq!(
+            routing.reload().await,
+            Reload::Changed {
+                config: sticky(55),
+                version: None
+            }
+        );
+        assert_eq!(
+            routing.current().p,
+            30,
+            "reloading applies nothing by itself"
+        );
         assert_eq!(routing.reload().await, Reload::Unchanged);
+        routing.store(sticky(55));
         std::fs::write(&file, r#"{"P": "lots"}"#).unwrap();
         assert_eq!(routing.reload().await, Reload::Rejected);
         assert_eq!(routing.current().p, 55);

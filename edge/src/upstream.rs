@@ -13,8 +13,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use tandem::domain::Flavor;
+use std::sync::Arc;
 
+use tandem::domain::Flavor;
+use tandem::proto::user::v1 as pb;
+
+use crate::control::stats::Recorder;
 use crate::metrics::{EdgeMetrics, slot};
 
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ pub struct Upstreams {
     named: [(&'static str, Channel); 3],
     timeout: Duration,
     metrics: EdgeMetrics,
+    /// The traffic the migration analysis judges.
+    recorder: Arc<Recorder>,
 }
 
 fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
@@ -66,7 +72,11 @@ fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
 }
 
 impl Upstreams {
-    pub fn new(config: &UpstreamConfig, metrics: EdgeMetrics) -> Result<Self, String> {
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: EdgeMetrics,
+        recorder: Arc<Recorder>,
+    ) -> Result<Self, String> {
         let v1 = channel(&config.user_v1, config.timeout)?;
         let v2 = channel(&config.user_v2, config.timeout)?;
         let orders = channel(&config.orders, config.timeout)?;
@@ -83,6 +93,7 @@ impl Upstreams {
             ],
             timeout: config.timeout,
             metrics,
+            recorder,
         })
     }
 
@@ -150,9 +161,34 @@ impl Upstreams {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| self.as_seen_by_clients(status, started));
-        self.metrics
-            .flavor_call(flavor, result.is_ok(), started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.flavor_call(flavor, result.is_ok(), elapsed);
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.recorder.call(flavor, code, elapsed);
         result
+    }
+
+    /// A shadow read: `GetUser` on one flavor with a deadline of its own, neither
+    /// counted as the flavor's traffic nor failed over.
+    pub async fn get_user_shadow(
+        &self,
+        flavor: Flavor,
+        user_id: &str,
+        request_id: &str,
+        deadline: Duration,
+    ) -> Result<pb::User, Status> {
+        let mut client = self.users[slot(flavor)].clone();
+        let mut request = tandem_serving::grpc::request_with_id(
+            pb::GetUserRequest {
+                user_id: user_id.to_owned(),
+            },
+            request_id,
+        );
+        request.set_timeout(deadline);
+        client
+            .get_user(request)
+            .await
+            .map(|reply| reply.into_inner().user.unwrap_or_default())
     }
 
     pub async fn orders<Req, Resp, F, Fut>(

@@ -36,6 +36,15 @@ fn every_route_of_the_contract_is_documented() {
         ("/metrics", "get"),
         ("/admin/routing", "get"),
         ("/admin/routing", "put"),
+        ("/admin/shadow", "get"),
+        ("/admin/shadow", "put"),
+        ("/admin/rollout", "get"),
+        ("/admin/rollout", "put"),
+        ("/admin/rollout/pause", "post"),
+        ("/admin/rollout/resume", "post"),
+        ("/admin/rollout/abort", "post"),
+        ("/admin/rollout/promote", "post"),
+        ("/admin/stats", "get"),
     ];
     for (path, method) in operations {
         let op = &doc["paths"][path][method];

@@ -5,7 +5,7 @@
 mod admin;
 mod ops;
 mod orders;
-mod users;
+pub(crate) mod users;
 
 use std::time::Instant;
 
@@ -57,6 +57,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::health))
         .routes(routes!(ops::metrics))
         .routes(routes!(admin::get_routing, admin::put_routing))
+        .routes(routes!(admin::get_shadow, admin::put_shadow))
+        .routes(routes!(admin::get_rollout, admin::put_rollout))
+        .routes(routes!(admin::pause_rollout))
+        .routes(routes!(admin::resume_rollout))
+        .routes(routes!(admin::abort_rollout))
+        .routes(routes!(admin::promote_rollout))
+        .routes(routes!(admin::get_stats))
 }
 
 /// The OpenAPI 3.1 document, generated from the handlers and their types.

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use super::{ContactChangeBody, RequestId, SUCCESS, rfc3339};
 use crate::AppState;
+use crate::control::{compare, shadow};
 use crate::error::{ApiError, ErrorResponses};
 use crate::json::{JsonBody, PathParam};
 use crate::routing;
@@ -142,7 +143,7 @@ fn pick(state: &AppState, headers: &HeaderMap, user_id: Option<&str>) -> Result<
             .ok()
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| ApiError::invalid_field("X-User-Version", "must be v1 or v2")),
-        None => Ok(routing::choose(state.routing.current(), user_id)),
+        None => Ok(routing::choose(state.control.dial(), user_id)),
     }
 }
 
@@ -164,6 +165,28 @@ fn user_or_internal(user: Option<pb::User>) -> Result<UserView, ApiError> {
         tracing::error!("user-svc answered without a user");
         ApiError::from_status(&tonic::Status::internal(""), UPSTREAM, json_path)
     })
+}
+
+/// Queues a read the client was answered for a shadow comparison (never a write).
+fn shadow(
+    state: &AppState,
+    served: &Served<pb::GetUserResponse>,
+    request_id: String,
+    user_id: String,
+) {
+    let result = match &served.result {
+        Ok(reply) => Ok(reply.user.clone().unwrap_or_default()),
+        Err(status) => Err(status.clone()),
+    };
+    if let Some(answer) = compare::answer(&result) {
+        let job = shadow::Job {
+            request_id,
+            user_id,
+            served: served.flavor,
+            answer,
+        };
+        state.control.shadow.offer(job, &state.control.recorder);
+    }
 }
 
 /// Create a user.
@@ -241,6 +264,7 @@ pub async fn get_user(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let flavor = pick(&state, &headers, Some(&user_id))?;
+    let shadowed = state.control.shadow.wanted().then(|| user_id.clone());
     let served = state
         .upstreams
         .user(
@@ -251,6 +275,9 @@ pub async fn get_user(
             |mut client, request| async move { client.get_user(request).await },
         )
         .await;
+    if let Some(user_id) = shadowed {
+        shadow(&state, &served, request_id, user_id);
+    }
     Ok(respond(served, |reply| {
         match user_or_internal(reply.user) {
             Ok(user) => Json(UserEnvelope {

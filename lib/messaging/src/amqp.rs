@@ -256,16 +256,24 @@ pub async fn connect_until_up(
     }
 }
 
-/// Resolves when `connection` is no longer usable: it reported an error, or its state
-/// left "connected" (checked every second, since a consumer stream alone can stay
-/// silent after the broker died).
+/// Resolves when `connection` is no longer usable: it reported an error and is no longer
+/// open, or its state left "connected" (checked every second, since a consumer stream
+/// alone can stay silent after the broker died).
 pub async fn lost(connection: &Connection) -> String {
     let mut events = connection.events_listener();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(lapin::Event::Error(e)) => return format!("connection error: {e}"),
+                // lapin reports a channel the broker closed (a refused declare, say) on
+                // the connection's events too; only a connection that is no longer open
+                // is lost. The channel's owner sees its own failure.
+                Some(lapin::Event::Error(e)) if !connection.status().connected() => {
+                    return format!("connection error: {e}");
+                }
+                Some(lapin::Event::Error(e)) => {
+                    tracing::debug!(error = %e, "a channel failed; the connection is still open");
+                }
                 Some(_) => {}
                 None => return "connection events ended".to_owned(),
             },

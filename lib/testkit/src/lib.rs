@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod http;
 pub mod ports;
 pub mod proc;
+pub mod python;
 pub mod stack;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ pub use fixtures::*;
 pub use http::{Http, Reply};
 pub use ports::PortReservation;
 pub use proc::{Proc, bin};
+pub use python::PythonFlavor;
 pub use stack::{ADMIN_TOKEN, Contact, Pinning, Service, Stack, StackBuilder};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

@@ -29,6 +29,7 @@ use crate::fixtures::{address, unique_email};
 use crate::http::Http;
 use crate::ports::PortReservation;
 use crate::proc::{Proc, bin};
+use crate::python::PythonFlavor;
 use crate::{eventually, metric, wait_serving};
 
 /// The admin token of every test edge.
@@ -45,6 +46,8 @@ pub enum Service {
     UserV2,
     Worker,
     Edge,
+    /// A second edge replica (for tests of several edges).
+    EdgeB,
 }
 
 impl Service {
@@ -55,6 +58,7 @@ impl Service {
             Service::Orders => "order-svc",
             Service::Worker => "sync-worker",
             Service::Edge => "edge",
+            Service::EdgeB => "edge-b",
         }
     }
 
@@ -68,14 +72,19 @@ impl Service {
     fn binary(self) -> &'static str {
         match self {
             Service::UserV1 | Service::UserV2 => "user-svc",
+            Service::EdgeB => "edge",
             other => other.name(),
         }
+    }
+
+    fn is_edge(self) -> bool {
+        matches!(self, Service::Edge | Service::EdgeB)
     }
 
     /// Whether the service serves an ops port of its own (the edge's metrics are on its
     /// main port).
     fn has_ops(self) -> bool {
-        self != Service::Edge
+        !self.is_edge()
     }
 }
 
@@ -102,6 +111,8 @@ pub struct StackBuilder {
     retry_budget: Option<Duration>,
     env: Vec<(String, String)>,
     pin: Option<Pinning>,
+    cluster: bool,
+    python_v2: bool,
 }
 
 impl StackBuilder {
@@ -121,6 +132,8 @@ impl StackBuilder {
             retry_budget: None,
             env: Vec::new(),
             pin: None,
+            cluster: false,
+            python_v2: false,
         }
     }
 
@@ -234,10 +247,25 @@ impl StackBuilder {
         self
     }
 
+    /// The edges form one cluster (through RabbitMQ), each with a state directory of its
+    /// own, so whatever they share travels through the broker.
+    pub fn cluster(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
+    /// The edges' v2 is the Python flavor (tests/clients/flavor.py) in front of user-svc
+    /// v2, which the test can make differ, fail or slow down ([`Stack::python`]).
+    pub fn python_v2(mut self) -> Self {
+        self.python_v2 = true;
+        self.with(Service::UserV2)
+    }
+
     pub async fn start(self) -> Stack {
         let dir = tempfile::tempdir().expect("a temporary directory");
         // A user-svc binary always runs its outbox relay: it gets names of its own too.
         let needs_broker = self.relays
+            || self.cluster
             || self.services.contains(&Service::Worker)
             || self
                 .binaries
@@ -258,10 +286,16 @@ impl StackBuilder {
             Some(proxy) => broker::url_via(&broker_url, proxy.addr),
             None => broker_url.clone(),
         };
+        std::fs::create_dir_all(dir.path().join("edge-b")).expect("a state directory");
         if let Some(p) = self.p {
-            std::fs::write(dir.path().join("routing.json"), format!(r#"{{"P": {p}}}"#))
-                .expect("the routing file can be written");
+            for file in ["routing.json", "edge-b/routing.json"] {
+                std::fs::write(dir.path().join(file), format!(r#"{{"P": {p}}}"#))
+                    .expect("the routing file can be written");
+            }
         }
+        let cluster_name = self
+            .cluster
+            .then(|| format!("test-{}", uuid::Uuid::new_v4().simple()));
         let parts = self
             .services
             .iter()
@@ -286,10 +320,16 @@ impl StackBuilder {
             proxy,
             parts,
             settings: self,
+            cluster_name,
+            python: None,
         };
         let services: Vec<Service> = stack.parts.keys().copied().collect();
         for service in services {
             stack.start(service).await;
+            if service == Service::UserV2 && stack.settings.python_v2 {
+                let upstream = stack.addr(Service::UserV2).to_string();
+                stack.python = Some(PythonFlavor::start(stack.dir.path(), &upstream).await);
+            }
         }
         stack
     }
@@ -330,6 +370,8 @@ pub struct Stack {
     proxy: Option<ChaosProxy>,
     parts: BTreeMap<Service, Part>,
     settings: StackBuilder,
+    cluster_name: Option<String>,
+    python: Option<PythonFlavor>,
 }
 
 impl Stack {
@@ -371,7 +413,27 @@ impl Stack {
 
     /// A client of the edge.
     pub fn http(&self) -> Http {
-        Http::new(&self.url(Service::Edge))
+        self.http_of(Service::Edge)
+    }
+
+    /// A client of one edge replica.
+    pub fn http_of(&self, edge: Service) -> Http {
+        Http::new(&self.url(edge))
+    }
+
+    /// The Python flavor behind the edges' v2 ([`StackBuilder::python_v2`]).
+    pub fn python(&self) -> &PythonFlavor {
+        self.python
+            .as_ref()
+            .expect("this stack has no Python flavor: start it with .python_v2()")
+    }
+
+    /// Where the edges reach v2: the Python flavor when there is one.
+    fn v2_url(&self) -> String {
+        match &self.python {
+            Some(python) => python.url(),
+            None => self.url(Service::UserV2),
+        }
     }
 
     pub fn proxy(&self) -> &ChaosProxy {
@@ -385,7 +447,24 @@ impl Stack {
     }
 
     pub fn routing_file(&self) -> PathBuf {
-        self.dir.path().join("routing.json")
+        self.routing_file_of(Service::Edge)
+    }
+
+    /// The routing file of one edge replica (each has a directory of its own).
+    pub fn routing_file_of(&self, edge: Service) -> PathBuf {
+        match edge {
+            Service::EdgeB => self.dir.path().join("edge-b/routing.json"),
+            _ => self.dir.path().join("routing.json"),
+        }
+    }
+
+    fn cluster_settings(&self) -> Option<edge::ClusterSettings> {
+        self.cluster_name
+            .as_ref()
+            .map(|name| edge::ClusterSettings {
+                amqp_url: self.broker_url.clone(),
+                name: name.clone(),
+            })
     }
 
     /// The SQLite file both user flavors share (where the binaries keep it by default).
@@ -481,15 +560,15 @@ impl Stack {
                 drop(listener); // the worker serves its ops port only
                 tokio::spawn(async move { worker.run(ops, token).await.expect("the worker runs") })
             }
-            Service::Edge => {
+            Service::Edge | Service::EdgeB => {
                 let config = edge::Config {
                     upstreams: edge::UpstreamConfig {
                         user_v1: self.url(Service::UserV1),
-                        user_v2: self.url(Service::UserV2),
+                        user_v2: self.v2_url(),
                         orders: self.url(Service::Orders),
                         timeout: self.settings.upstream_timeout,
                     },
-                    routing_file: self.routing_file(),
+                    routing_file: self.routing_file_of(service),
                     routing_poll: Duration::from_millis(50),
                     admin_token: self
                         .settings
@@ -497,6 +576,7 @@ impl Stack {
                         .clone()
                         .and_then(edge::AdminToken::new),
                     request_timeout: self.settings.request_timeout,
+                    cluster: self.cluster_settings(),
                 };
                 let edge = edge::Edge::new(config).expect("an edge");
                 tokio::spawn(
@@ -517,7 +597,7 @@ impl Stack {
         };
         let mut command = match self.settings.pin {
             Some(pin) => {
-                let cpu = if service == Service::Edge {
+                let cpu = if service.is_edge() {
                     pin.edge_cpu
                 } else {
                     pin.others_cpu
@@ -560,16 +640,21 @@ impl Stack {
                     command.args(["--retry-budget-secs", &budget.as_secs().to_string()]);
                 }
             }
-            Service::Edge => {
+            Service::Edge | Service::EdgeB => {
+                let routing = if service == Service::EdgeB {
+                    "edge-b/routing.json"
+                } else {
+                    "routing.json"
+                };
                 command.args([
                     "--user-v1",
                     &self.url(Service::UserV1),
                     "--user-v2",
-                    &self.url(Service::UserV2),
+                    &self.v2_url(),
                     "--orders",
                     &self.url(Service::Orders),
                     "--routing-config",
-                    "routing.json",
+                    routing,
                     "--routing-poll-ms",
                     "50",
                     "--upstream-timeout-ms",
@@ -579,6 +664,9 @@ impl Stack {
                 ]);
                 if let Some(token) = &self.settings.admin_token {
                     command.env("EDGE_ADMIN_TOKEN", token);
+                }
+                if let Some(cluster) = self.cluster_settings() {
+                    command.args(["--cluster", &cluster.name, "--amqp", &cluster.amqp_url]);
                 }
             }
         }
@@ -607,7 +695,7 @@ impl Stack {
                 })
                 .await
             }
-            Service::Edge => {
+            Service::Edge | Service::EdgeB => {
                 let health = format!("{}/health", self.url(service));
                 eventually(READY, "the edge to answer", || {
                     let health = health.clone();
