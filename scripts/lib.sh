@@ -98,10 +98,12 @@ ensure_buf() {
   export PATH="$dir/node_modules/.bin:$PATH"
 }
 
-# Chromium (or Chrome), for the test that renders /docs in a real browser.
+# Chromium (or Chrome) and chromedriver, for the tests that render /docs and drive the
+# operator's page /admin in a real browser.
 ensure_chromium() {
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
     || command -v google-chrome >/dev/null || apt_install chromium
+  command -v chromedriver >/dev/null || apt_install chromium-driver
 }
 
 # Debian's docker-compose, only to validate compose.yaml (no Docker engine needed).

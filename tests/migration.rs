@@ -105,21 +105,34 @@ impl Load {
     }
 }
 
+/// Polls the rollout until `done` holds; fails with the last state seen.
 async fn rollout_until(
     http: &Http,
     timeout: Duration,
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    eventually(timeout, what, || async {
+    let deadline = Instant::now() + timeout;
+    loop {
         let rollout = get(http, "/admin/rollout").await;
-        done(&rollout).then_some(rollout)
-    })
-    .await
+        if done(&rollout) {
+            return rollout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; the rollout is {rollout:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
+
+/// These tests load the machine (clients, two flavors, a Python one, an edge or two) and
+/// judge latencies: one at a time, so they do not judge each other's load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge().python_v2().start().await;
     let http = stack.http();
     let ids = users(&http, 100).await;
@@ -189,6 +202,7 @@ async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_v2_is_rolled_out_step_by_step_and_no_user_flips_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge().python_v2().start().await;
     let http = stack.http();
     let ids = users(&http, 1000).await;
@@ -264,6 +278,7 @@ async fn a_healthy_v2_is_rolled_out_step_by_step_and_no_user_flips_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_traffic_the_rollout_holds() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge().start().await;
     let http = stack.http();
     let started = admin(
@@ -296,6 +311,7 @@ async fn without_traffic_the_rollout_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_edge_resumes_its_rollout_and_a_manual_change_pauses_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut stack = StackBuilder::edge().start().await;
     let http = stack.http();
     let ids = users(&http, 50).await;
@@ -358,6 +374,7 @@ async fn a_restarted_edge_resumes_its_rollout_and_a_manual_change_pauses_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_reads_catch_the_differing_flavor_and_drop_noise() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge().python_v2().start().await;
     let http = stack.http();
     let ids = users(&http, 20).await;
@@ -480,6 +497,7 @@ async fn shadow_reads_catch_the_differing_flavor_and_drop_noise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_with_shadowing_on_reaches_the_store_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge().start().await;
     let http = stack.http();
     admin(
@@ -526,6 +544,7 @@ async fn a_write_with_shadowing_on_reaches_the_store_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_edges_share_one_dial_and_judge_one_rollout_on_both_edges_traffic() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge()
         .with(Service::EdgeB)
         .cluster()
@@ -626,8 +645,11 @@ async fn two_edges_share_one_dial_and_judge_one_rollout_on_both_edges_traffic() 
             .all(|e| e["v2"]["requests"].as_u64() >= Some(5)),
         "{checks:?}"
     );
-    assert_eq!(get(follower, "/admin/rollout").await["state"], "completed");
-    assert_eq!(get(follower, "/admin/routing").await["P"], 0);
+    eventually(Duration::from_secs(2), "the follower to know", || async {
+        let rollout = get(follower, "/admin/rollout").await;
+        (rollout["state"] == "completed" && rollout["P"] == 0).then_some(())
+    })
+    .await;
     let stats = get(leader, "/admin/stats?step=1").await;
     let served: u64 = stats["points"]
         .as_array()
@@ -644,6 +666,7 @@ async fn two_edges_share_one_dial_and_judge_one_rollout_on_both_edges_traffic() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_admin_request_is_a_named_400_or_a_401_and_never_a_500() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = StackBuilder::edge().start().await;
     let http = stack.http();
     let bad_bodies = [

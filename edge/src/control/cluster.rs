@@ -50,6 +50,10 @@ const REANNOUNCE: Duration = Duration::from_secs(3);
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum Message {
+    /// A replica joined: the others answer with their state at once.
+    Hello {
+        from: String,
+    },
     State {
         from: String,
         snapshot: Snapshot,
@@ -189,6 +193,23 @@ async fn session(
         Ok(parts) => parts,
         Err(e) => return Some(format!("cannot join the cluster: {e}")),
     };
+    control.set_clustered(true);
+    let hello = serde_json::to_vec(&Message::Hello {
+        from: control.replica.clone(),
+    })
+    .expect("a message serializes");
+    if let Err(e) = channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &hello,
+            BasicProperties::default(),
+        )
+        .await
+    {
+        return Some(format!("cannot greet the cluster: {e}"));
+    }
     let lost = messaging::lost(connection);
     tokio::pin!(lost);
     let mut lease = tokio::time::interval(LEASE_RETRY);
@@ -255,6 +276,11 @@ async fn take_lock(connection: &Connection, lock: &str) -> Option<lapin::Channel
 
 async fn receive(control: &Arc<Control>, body: &[u8]) {
     match serde_json::from_slice::<Message>(body) {
+        Ok(Message::Hello { from }) if from != control.replica => {
+            if let Some(announce) = super::lock(&control.announce).clone() {
+                announce.state(&control.snapshot());
+            }
+        }
         Ok(Message::State { from, snapshot }) if from != control.replica => {
             control.adopt(snapshot).await
         }
@@ -295,7 +321,8 @@ mod tests {
             at: 5,
             counts: Counts::default(),
         };
-        for message in [state, counts] {
+        let hello = Message::Hello { from: "b".into() };
+        for message in [hello, state, counts] {
             let bytes = serde_json::to_vec(&message).unwrap();
             let back: Message = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(serde_json::to_vec(&back).unwrap(), bytes);

@@ -128,6 +128,8 @@ pub struct Control {
     pub replica: String,
     /// Whether this replica runs the analysis. Alone, it always does.
     leader: AtomicBool,
+    /// Whether this replica is connected to its cluster (false when alone).
+    clustered: AtomicBool,
     leader_gauge: Gauge,
     announce: Mutex<Option<Arc<dyn Announce>>>,
 }
@@ -170,6 +172,7 @@ impl Control {
             state_file,
             replica: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             leader: AtomicBool::new(true),
+            clustered: AtomicBool::new(false),
             leader_gauge,
             announce: Mutex::new(None),
         };
@@ -187,6 +190,14 @@ impl Control {
 
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.clustered.load(Ordering::Relaxed)
+    }
+
+    pub fn set_clustered(&self, clustered: bool) {
+        self.clustered.store(clustered, Ordering::Relaxed);
     }
 
     pub fn set_leader(&self, leader: bool) {

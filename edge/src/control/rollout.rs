@@ -15,7 +15,7 @@ use super::stats::{Counts, FlavorCounts};
 pub struct RolloutPlan {
     /// The values P takes, decreasing, each 0–100. Only those below the current P count.
     #[serde(default = "default_steps")]
-    #[schema(example = json!([90, 75, 50, 25, 10, 0]))]
+    #[schema(example = json!([90, 75, 50, 25, 10, 0]), min_items = 1, max_items = 101, value_type = Vec<u8>)]
     pub steps: Vec<u8>,
     /// How long each step lasts before v2 is judged on it, in seconds (at least 1).
     #[serde(
@@ -119,11 +119,11 @@ impl RolloutPlan {
         if !(self.max_p99_ms.is_finite() && self.max_p99_ms > 0.0) {
             return bad("maxP99Ms", "must be a number of ms above 0");
         }
-        if self.min_requests == 0 {
-            return bad("minRequests", "must be at least 1");
+        if !(1..=1_000_000_000).contains(&self.min_requests) {
+            return bad("minRequests", "must be between 1 and 1000000000");
         }
-        if self.failure_threshold == 0 {
-            return bad("failureThreshold", "must be at least 1");
+        if !(1..=1000).contains(&self.failure_threshold) {
+            return bad("failureThreshold", "must be between 1 and 1000");
         }
         if let Some(rate) = self.max_shadow_mismatch_rate
             && !(0.0..=1.0).contains(&rate)

@@ -43,8 +43,24 @@ pub struct ShadowSettings {
     /// Field paths left out of comparisons (`updatedAt`, `deliveryAddress`, …); a path
     /// also covers the fields inside it.
     #[serde(default)]
-    #[schema(example = json!(["updatedAt"]))]
+    #[schema(schema_with = ignore_schema)]
     pub ignore: Vec<String>,
+}
+
+/// What [`ShadowSettings::validate`] takes for `ignore`.
+fn ignore_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[!-~]{1,128}$"))
+                .min_length(Some(1))
+                .max_length(Some(128)),
+        )
+        .max_items(Some(50))
+        .examples([serde_json::json!(["updatedAt"])])
+        .build()
 }
 
 impl ShadowSettings {

@@ -273,6 +273,8 @@ pub struct RolloutView {
     replica: String,
     /// Whether this replica runs the analysis (exactly one of a cluster does).
     leader: bool,
+    /// Whether this replica is connected to the other edges of its cluster.
+    clustered: bool,
 }
 
 fn rollout_view(state: &AppState) -> RolloutView {
@@ -281,6 +283,7 @@ fn rollout_view(state: &AppState) -> RolloutView {
         rollout: state.control.rollout(),
         replica: state.control.replica.clone(),
         leader: state.control.is_leader(),
+        clustered: state.control.is_clustered(),
     }
 }
 

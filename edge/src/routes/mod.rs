@@ -5,6 +5,7 @@
 mod admin;
 mod ops;
 mod orders;
+mod page;
 pub(crate) mod users;
 
 use std::time::Instant;
@@ -82,6 +83,10 @@ pub fn app(state: AppState) -> Router {
     let api = NormalizePathLayer::trim_trailing_slash().layer(api);
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .route("/admin", axum::routing::get(page::html))
+        .route("/admin/", axum::routing::get(page::html))
+        .route("/admin/page.css", axum::routing::get(page::css))
+        .route("/admin/page.js", axum::routing::get(page::js))
         .fallback_service(api)
 }
 
