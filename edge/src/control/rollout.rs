@@ -232,6 +232,32 @@ pub enum Verdict {
 pub fn judge(plan: &RolloutPlan, window: &Counts) -> Verdict {
     let v2 = &window.v2;
     if v2.requests < plan.min_requests {
+        // Too little data to judge, unless what there is already breaks a limit whatever
+        // the missing calls would be (had every one of them succeeded at once): a v2 that
+        // hangs or fails slows its clients down to a trickle of calls, and must not hide
+        // behind the trickle.
+        let floor = plan.min_requests as f64;
+        let mut certain = Vec::new();
+        if v2.errors as f64 / floor > plan.max_error_rate {
+            certain.push(format!(
+                "errorRate at least {:.4} > maxErrorRate {} ({} of {} v2 calls failed, fewer than minRequests {})",
+                v2.errors as f64 / floor,
+                plan.max_error_rate,
+                v2.errors,
+                v2.requests,
+                plan.min_requests
+            ));
+        }
+        let slow = v2.slower_than_ms(plan.max_p99_ms);
+        if slow as f64 / floor > 0.01 {
+            certain.push(format!(
+                "p99Ms above maxP99Ms {} ({slow} of {} v2 calls took longer, fewer than minRequests {})",
+                plan.max_p99_ms, v2.requests, plan.min_requests
+            ));
+        }
+        if !certain.is_empty() {
+            return Verdict::Fail(certain);
+        }
         return Verdict::Inconclusive(format!(
             "{} v2 calls, fewer than minRequests {}",
             v2.requests, plan.min_requests
@@ -635,6 +661,28 @@ mod tests {
         let last = r.history.last().unwrap();
         assert!(last.reason.contains("errorRate"), "{}", last.reason);
         assert_eq!(last.v2.as_ref().unwrap().requests, 100);
+    }
+
+    #[test]
+    fn a_trickle_of_calls_that_already_breaks_a_limit_fails_without_waiting() {
+        // A hung v2: a few calls, each ending at its 5 s deadline.
+        let mut hung = window(16, 16, 5000);
+        assert!(
+            matches!(judge(&plan(), &hung), Verdict::Fail(_)),
+            "{:?}",
+            judge(&plan(), &hung)
+        );
+        // Slow but not failing: the slow calls alone break the p99 limit.
+        hung = window(3, 0, 900);
+        match judge(&plan(), &hung) {
+            Verdict::Fail(why) => assert!(why[0].contains("p99Ms"), "{why:?}"),
+            other => panic!("{other:?}"),
+        }
+        // A few healthy calls decide nothing.
+        assert!(matches!(
+            judge(&plan(), &window(5, 0, 5)),
+            Verdict::Inconclusive(_)
+        ));
     }
 
     #[test]

@@ -84,6 +84,16 @@ impl FlavorCounts {
         }
     }
 
+    /// Calls that surely took longer than `ms` (their whole bucket lies above it).
+    pub fn slower_than_ms(&self, ms: f64) -> u64 {
+        self.latency
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i > 0 && bucket_upper_ms(i - 1) >= ms)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The `q` quantile of latency in ms (linear within its bucket, as Prometheus'
     /// `histogram_quantile` does), or `None` without calls.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
