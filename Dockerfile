@@ -10,7 +10,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p user-svc -p order-svc -p sync-worker -p edge \
+    cargo build --release --locked -p user-svc -p order-svc -p sync-worker -p edge --features edge/cluster \
  && mkdir -p /out \
  && cp target/release/user-svc target/release/order-svc target/release/sync-worker target/release/edge /out/
 

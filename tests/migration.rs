@@ -542,8 +542,33 @@ async fn shadow_reads_catch_the_differing_flavor_and_drop_noise() {
         "phoneNumber is noise, not a mismatch: {noisy}"
     );
     assert!(noisy["fields"].get("phoneNumber").is_none(), "{noisy}");
+
+    // v2 shedding load: its refusals to answer say nothing about what it would have
+    // answered. They are failed shadows, not mismatches on every field.
+    stack
+        .python()
+        .set(json!({"errorRate": 1.0, "errorCode": "RESOURCE_EXHAUSTED"}));
+    admin(
+        &http,
+        Method::PUT,
+        "/admin/routing",
+        Some(json!({"P": 100})),
+    )
+    .await;
+    for id in &ids {
+        let reply = http.get(&format!("/users/{id}")).await;
+        assert_eq!((reply.status, reply.served_by()), (200, "user-svc-v1"));
+    }
+    let shed = eventually(Duration::from_secs(20), "20 failed shadows", || async {
+        let shadow = get(&http, "/admin/shadow").await;
+        (shadow["failed"].as_u64() >= Some(20)).then_some(shadow)
+    })
+    .await;
+    assert_eq!(shed["failed"], 20, "{shed}");
+    assert_eq!(shed["mismatched"], differing, "{shed}");
+    assert_eq!(shed["compared"], 60, "{shed}");
     println!(
-        "shadow at fraction 1: {differing} of 20 users' firstName differed (caught, with examples); ignored, 0 more; a field v2 answers differently each time: 20 noise, 0 mismatches"
+        "shadow at fraction 1: {differing} of 20 users' firstName differed (caught, with examples); ignored, 0 more; a field v2 answers differently each time: 20 noise, 0 mismatches; v2 shedding load: 20 failed shadows, 0 mismatches"
     );
 }
 

@@ -3,6 +3,7 @@
 //! release binaries first.
 
 mod load;
+mod migration;
 mod r1;
 mod r2;
 mod r3;
@@ -21,12 +22,13 @@ use clap::Parser;
 struct Args {
     /// Experiments to run: r1 (the edge's cost, also with the edge on a CPU of its own),
     /// r2 (sync lag), r3 (ApplyUserContact at 10k vs 1M orders), routes (every REST route
-    /// under wrk), soak (memory over a long steady load).
-    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3,routes,soak")]
+    /// under wrk), m1 (what shadow reads and the rollout analysis cost), soak (memory
+    /// over a long steady load, shadowing on).
+    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3,routes,m1,soak")]
     only: Vec<String>,
 
-    /// Minutes of the soak.
-    #[arg(long, default_value_t = 10.0)]
+    /// Minutes of the soak (past 15, the edge holds its full 15 minutes of stats).
+    #[arg(long, default_value_t = 16.0)]
     soak_minutes: f64,
 
     /// Connection counts of the per-route runs.
@@ -73,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         r2: Vec::new(),
         r3: None,
         routes: None,
+        m1: None,
         soak: None,
     };
     if args.only.iter().any(|e| e == "r1") {
@@ -112,6 +115,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only.iter().any(|e| e == "routes") {
         report.routes = Some(routes::run(&args.route_connections, duration).await?);
+    }
+    if args.only.iter().any(|e| e == "m1") {
+        let settings = migration::Settings {
+            concurrency: args.concurrency,
+            warmup: duration / 5,
+            duration,
+            rounds: args.rounds.max(2),
+        };
+        report.m1 = Some(migration::run(&settings).await?);
     }
     if args.only.iter().any(|e| e == "soak") {
         report.soak = Some(soak::run(args.soak_minutes, 300.0).await?);

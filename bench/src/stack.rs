@@ -78,6 +78,28 @@ impl Stack {
             .ok_or_else(|| anyhow::anyhow!("creating a user failed: {reply}"))
     }
 
+    /// An admin API call with the stack's token; fails unless it answers 2xx.
+    pub async fn admin(
+        &self,
+        http: &reqwest::Client,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut request = http
+            .request(method, format!("{}{path}", self.edge))
+            .bearer_auth(tandem_testkit::ADMIN_TOKEN);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let reply = request.send().await?;
+        let status = reply.status();
+        let text = reply.text().await?;
+        anyhow::ensure!(status.is_success(), "{path} answered {status}: {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+
     pub async fn start(options: Options) -> anyhow::Result<Stack> {
         let mut builder = StackBuilder::edge()
             .p(options.p)

@@ -19,7 +19,10 @@ async function api(method, path, body) {
 }
 
 function text(id, value) { $(id).textContent = value === null || value === undefined ? "–" : String(value); }
-function time(iso) { return iso ? new Date(iso).toLocaleTimeString() : "–"; }
+const CLOCK = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
+function time(iso) { return iso ? new Date(iso).toLocaleTimeString([], CLOCK) : "–"; }
+/** An axis figure people read at a glance: 1.5k, 250, 4.7, 0.012. */
+function human(v) { return v >= 1000 ? `${(v / 1000).toPrecision(2)}k` : v >= 10 ? String(Math.round(v)) : v.toPrecision(2); }
 function mark(panel) { $(panel).dataset.hasData = "true"; }
 function el(tag, cells) { const row = document.createElement(tag); for (const c of cells) { const td = document.createElement("td"); td.textContent = c; row.appendChild(td); } return row; }
 function fill(tableId, rows) { const body = $(tableId).querySelector("tbody"); body.replaceChildren(...rows.map((r) => el("tr", r))); }
@@ -41,14 +44,14 @@ function chart(id, series, from, to, options = {}) {
   const y = (v) => h - pad.b - (v / max) * (h - pad.t - pad.b);
   svg("line", { x1: pad.l, y1: h - pad.b, x2: w - pad.r, y2: h - pad.b, class: "axis" }, node);
   svg("line", { x1: pad.l, y1: pad.t, x2: pad.l, y2: h - pad.b, class: "axis" }, node);
-  svg("text", { x: 2, y: pad.t + 8 }, node).textContent = options.format ? options.format(max) : max.toPrecision(2);
+  svg("text", { x: 2, y: pad.t + 8 }, node).textContent = options.format ? options.format(max) : human(max);
   svg("text", { x: 2, y: h - pad.b }, node).textContent = "0";
-  svg("text", { x: pad.l, y: h - 3 }, node).textContent = new Date(from).toLocaleTimeString();
-  svg("text", { x: w - pad.r, y: h - 3, "text-anchor": "end" }, node).textContent = new Date(to).toLocaleTimeString();
+  svg("text", { x: pad.l, y: h - 3 }, node).textContent = new Date(from).toLocaleTimeString([], CLOCK);
+  svg("text", { x: w - pad.r, y: h - 3, "text-anchor": "end" }, node).textContent = new Date(to).toLocaleTimeString([], CLOCK);
   for (const m of options.markers || []) {
     const mx = x(m.at);
     svg("line", { x1: mx, y1: pad.t, x2: mx, y2: h - pad.b, class: m.bad ? "marker bad" : "marker" }, node);
-    svg("text", { x: mx + 2, y: pad.t + 10 }, node).textContent = m.label;
+    if (m.label) svg("text", { x: mx + 2, y: pad.t + 10 }, node).textContent = m.label;
   }
   for (const s of series) {
     let run = [];
@@ -77,7 +80,10 @@ function drawStats(stats) {
   let p = points.length && points[0].P !== undefined ? points[0].P : stats.P;
   const pLine = points.map((pt) => { if (pt.P !== undefined) p = pt.P; return [pt.t, p]; });
   pLine.push([to, stats.P]);
-  const markers = stats.events.map((e) => ({ at: Date.parse(e.at), label: `${e.event} ${e.P}`, bad: e.event === "rolledBack" || e.event === "failed" }));
+  // Every event is a line; only those that change the rollout's course are named, so
+  // the names of a quick run of steps do not write over each other.
+  const named = new Set(["started", "rolledBack", "completed", "paused", "resumed", "aborted", "promoted"]);
+  const markers = stats.events.map((e) => ({ at: Date.parse(e.at), label: named.has(e.event) ? e.event : "", bad: e.event === "rolledBack" || e.event === "failed" }));
   chart("p-chart", [{ cls: "p", points: pLine }], from, to, { max: 100, markers, format: () => "100" });
   const per = (key, flavor) => points.map((pt) => [pt.t, pt[flavor].requests ? pt[flavor][key] : (key === "rate" ? 0 : null)]);
   chart("rate-chart", [{ cls: "v1", points: per("rate", "v1") }, { cls: "v2", points: per("rate", "v2") }], from, to);
@@ -94,13 +100,13 @@ function drawRollout(r) {
   text("rollout-failed", r.failedChecks); text("rollout-inconclusive", r.inconclusiveChecks);
   text("rollout-next", time(r.nextCheckAt));
   const last = [...r.history].reverse().slice(0, 30);
-  fill("history", last.map((e) => [time(e.at), e.P, e.event, e.v2 ? e.v2.requests : "", e.v2 ? e.v2.errorRate : "", e.v2 && e.v2.p99Ms !== null ? e.v2.p99Ms : "", e.reason]));
+  fill("history", last.map((e) => [time(e.at), e.P, e.event, e.v2 ? e.v2.requests : "", e.v2 ? e.v2.errorRate : "", e.v2 && e.v2.p99Ms !== null ? e.v2.p99Ms : "", e.shadow && e.shadow.mismatchRate !== null ? e.shadow.mismatchRate : "", e.reason]));
   if (r.history.length) mark("rollout");
 }
 
 function drawShadow(s) {
   text("shadow-compared", s.compared); text("shadow-matched", s.matched); text("shadow-mismatched", s.mismatched);
-  text("shadow-noise", s.noise); text("shadow-dropped", s.dropped);
+  text("shadow-noise", s.noise); text("shadow-dropped", s.dropped); text("shadow-failed", s.failed);
   if (document.activeElement !== $("fraction")) $("fraction").value = s.fraction;
   if (document.activeElement !== $("ignore")) $("ignore").value = s.ignore.join(", ");
   const fields = Object.entries(s.fields).sort((a, b) => b[1] - a[1]);

@@ -7,7 +7,8 @@ usage: flavor.py --stubs DIR --listen HOST:PORT --upstream HOST:PORT --control F
 
 The control file (JSON, read again at the next call after it changes; absent means none
 of it):
-  {"errorRate": 0.5,            share of calls answered UNAVAILABLE
+  {"errorRate": 0.5,            share of calls that fail,
+   "errorCode": "UNAVAILABLE",  with this status (a grpc.StatusCode name; UNAVAILABLE)
    "latencyMs": 300,            added before each answer
    "mismatch": {"field": "first_name", "value": "Shadowed", "every": 2},
                                 answers carry `value` in `field` for users whose id's
@@ -67,7 +68,8 @@ def behave(context):
     if settings.get("latencyMs"):
         time.sleep(settings["latencyMs"] / 1000.0)
     if random.random() < settings.get("errorRate", 0):
-        context.abort(grpc.StatusCode.UNAVAILABLE, "injected by the Python flavor")
+        code = getattr(grpc.StatusCode, settings.get("errorCode", "UNAVAILABLE"))
+        context.abort(code, "injected by the Python flavor")
     return settings
 
 

@@ -13,7 +13,8 @@ use crate::routes::users::UserView;
 
 /// An answer as it is compared: `{"status": "OK", …the user as the REST API shows
 /// it…}`, or `{"status": "NOT_FOUND"}` for a refusal. `None` for a fault (the flavor
-/// failed or did not answer in time): there is nothing to compare.
+/// failed, was overloaded, or did not answer in time): that says nothing about what it
+/// would have answered, so there is nothing to compare.
 pub fn answer(result: &Result<pb::User, Status>) -> Option<Value> {
     match result {
         Ok(user) => {
@@ -23,14 +24,36 @@ pub fn answer(result: &Result<pb::User, Status>) -> Option<Value> {
             }
             Some(value)
         }
-        Err(status) if crate::control::stats::is_fault(status.code()) => None,
+        Err(status) if is_unanswered(status.code()) => None,
         Err(status) => Some(serde_json::json!({ "status": code_name(status.code()) })),
     }
 }
 
+/// The codes that are no answer: the rollout's faults, and a call shed, cancelled or
+/// aborted on the way (a flavor waking from a stall resets its backlog of streams).
+fn is_unanswered(code: tonic::Code) -> bool {
+    use tonic::Code;
+    crate::control::stats::is_fault(code)
+        || matches!(
+            code,
+            Code::ResourceExhausted | Code::Cancelled | Code::Aborted
+        )
+}
+
+/// How two answers differ, field by field, minus the ignored fields. Answers of
+/// different statuses differ in `status` alone: a missing user is one regression, not
+/// one per field it would have had.
+pub fn answers_differ(a: &Value, b: &Value, ignore: &[String]) -> Vec<(String, Value, Value)> {
+    let (status_a, status_b) = (&a["status"], &b["status"]);
+    if status_a != status_b {
+        return vec![("status".into(), status_a.clone(), status_b.clone())];
+    }
+    differences(&flatten(a), &flatten(b), ignore)
+}
+
 /// Every leaf of an answer by its path (`deliveryAddress.city`); a list is one leaf, and
 /// the list of emails is sorted, since its order means nothing.
-pub fn flatten(value: &Value) -> BTreeMap<String, Value> {
+fn flatten(value: &Value) -> BTreeMap<String, Value> {
     let mut leaves = BTreeMap::new();
     walk("", value, &mut leaves);
     leaves
@@ -68,7 +91,7 @@ fn ignored(path: &str, ignore: &[String]) -> bool {
 
 /// The paths whose values differ (a field present in one answer only differs), minus
 /// the ignored ones, with both values.
-pub fn differences(
+fn differences(
     a: &BTreeMap<String, Value>,
     b: &BTreeMap<String, Value>,
     ignore: &[String],
@@ -130,6 +153,8 @@ mod tests {
             Some(json!({"status": "NOT_FOUND"}))
         );
         assert_eq!(answer(&Err(Status::unavailable("down"))), None);
+        assert_eq!(answer(&Err(Status::resource_exhausted("shed"))), None);
+        assert_eq!(answer(&Err(Status::cancelled("reset"))), None);
         let user = pb::User {
             user_id: "u".into(),
             emails: vec!["a@b.co".into()],
@@ -140,5 +165,22 @@ mod tests {
             (ok["status"].clone(), ok["userId"].clone()),
             (json!("OK"), json!("u"))
         );
+    }
+
+    #[test]
+    fn a_refusal_against_a_user_differs_in_status_alone() {
+        let user = pb::User {
+            user_id: "u".into(),
+            first_name: Some("Ann".into()),
+            emails: vec!["a@b.co".into()],
+            ..Default::default()
+        };
+        let found = answer(&Ok(user)).unwrap();
+        let missing = answer(&Err(Status::not_found("no such user"))).unwrap();
+        assert_eq!(
+            answers_differ(&found, &missing, &[]),
+            [("status".to_owned(), json!("OK"), json!("NOT_FOUND"))]
+        );
+        assert!(answers_differ(&found, &found, &[]).is_empty());
     }
 }

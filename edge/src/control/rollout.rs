@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::stats::{Counts, FlavorCounts};
+use super::stats::{Counts, FlavorCounts, ShadowCounts};
 
 /// How a rollout proceeds and when it fails: the body of `PUT /admin/rollout`. Every
 /// field may be left out for its default.
@@ -166,6 +166,26 @@ impl Figures {
     }
 }
 
+/// The shadow comparisons over a window, as the history records them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowFigures {
+    pub compared: u64,
+    pub mismatched: u64,
+    /// Null without comparisons.
+    pub mismatch_rate: Option<f64>,
+}
+
+impl ShadowFigures {
+    pub fn of(counts: &ShadowCounts) -> ShadowFigures {
+        ShadowFigures {
+            compared: counts.compared,
+            mismatched: counts.mismatched,
+            mismatch_rate: counts.mismatch_rate().map(|r| round(r, 4)),
+        }
+    }
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
@@ -188,6 +208,9 @@ pub struct Event {
     pub v1: Option<Figures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub v2: Option<Figures>,
+    /// The window's shadow comparisons, for checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowFigures>,
 }
 
 /// Most events the history keeps (the oldest go first).
@@ -321,6 +344,7 @@ impl Rollout {
             reason: reason.into(),
             v1: window.map(|w| Figures::of(&w.v1)),
             v2: window.map(|w| Figures::of(&w.v2)),
+            shadow: window.map(|w| ShadowFigures::of(&w.shadow)),
         });
         let excess = self.history.len().saturating_sub(HISTORY);
         self.history.drain(..excess);

@@ -1,9 +1,9 @@
 //! Shadow reads: a share of `GET /users/{userId}` is asked again of the flavor that did
-//! not serve it, and the two answers are compared field by field. The serving flavor is
-//! asked a second time too, and a field on which its own two answers disagree is noise
-//! (Twitter Diffy's rule), not a regression. All of it happens after the client has its
-//! answer, through a bounded queue with deadlines of its own: a full queue drops the
-//! shadow (and counts it), never the read. Writes are never shadowed.
+//! not serve it, and the two answers are compared field by field. Where they differ, the
+//! serving flavor is asked a second time, and a field on which its own two answers
+//! disagree is noise (Twitter Diffy's rule), not a regression. All of it happens after
+//! the client has its answer, through a bounded queue with deadlines of its own: a full
+//! queue drops the shadow (and counts it), never the read. Writes are never shadowed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -222,44 +222,47 @@ impl Shadow {
     }
 }
 
-/// Asks the other flavor and the served one again, and compares.
+/// Asks the other flavor, compares, and where they differ asks the served one again.
 async fn compare_job(job: &Job, upstreams: &Upstreams, ignore: &[String]) -> ShadowCounts {
     let other = job.served.other();
-    let (theirs, again) = tokio::join!(
-        upstreams.get_user_shadow(other, &job.user_id, &job.request_id, DEADLINE),
-        upstreams.get_user_shadow(job.served, &job.user_id, &job.request_id, DEADLINE),
-    );
+    let theirs = upstreams
+        .get_user_shadow(other, &job.user_id, &job.request_id, DEADLINE)
+        .await;
     let Some(theirs) = compare::answer(&theirs) else {
         return ShadowCounts {
             failed: 1,
             ..ShadowCounts::default()
         };
     };
-    let served = compare::flatten(&job.answer);
-    let differing = compare::differences(&served, &compare::flatten(&theirs), ignore);
+    let differing = compare::answers_differ(&job.answer, &theirs, ignore);
+    let mut counts = ShadowCounts {
+        compared: 1,
+        ..ShadowCounts::default()
+    };
+    if differing.is_empty() {
+        counts.matched = 1;
+        return counts;
+    }
     // Diffy's rule: what the serving flavor itself does not answer twice the same is
-    // noise. If its second answer failed, nothing is known to be noise.
+    // noise. Asked only when there is a difference to explain, so a matching read costs
+    // one shadow call, not two. If its second answer failed, nothing is known to be noise.
+    let again = upstreams
+        .get_user_shadow(job.served, &job.user_id, &job.request_id, DEADLINE)
+        .await;
     let noisy: Vec<String> = compare::answer(&again)
         .map(|again| {
-            compare::differences(&served, &compare::flatten(&again), ignore)
+            compare::answers_differ(&job.answer, &again, ignore)
                 .into_iter()
                 .map(|d| d.0)
                 .collect()
         })
         .unwrap_or_default();
-    let (noise, real): (Vec<_>, Vec<_>) = differing
+    let real: Vec<_> = differing
         .into_iter()
-        .partition(|(path, _, _)| noisy.contains(path));
-    let mut counts = ShadowCounts {
-        compared: 1,
-        ..ShadowCounts::default()
-    };
+        .filter(|(path, _, _)| !noisy.contains(path))
+        .collect();
     if real.is_empty() {
-        if noise.is_empty() {
-            counts.matched = 1;
-        } else {
-            counts.noise = 1;
-        }
+        counts.noise = 1;
         return counts;
     }
     counts.mismatched = 1;
