@@ -25,7 +25,14 @@ function time(iso) { return iso ? new Date(iso).toLocaleTimeString([], CLOCK) : 
 function human(v) { return v >= 1000 ? `${(v / 1000).toPrecision(2)}k` : v >= 10 ? String(Math.round(v)) : v.toPrecision(2); }
 function mark(panel) { $(panel).dataset.hasData = "true"; }
 function el(tag, cells) { const row = document.createElement(tag); for (const c of cells) { const td = document.createElement("td"); td.textContent = c; row.appendChild(td); } return row; }
-function fill(tableId, rows) { const body = $(tableId).querySelector("tbody"); body.replaceChildren(...rows.map((r) => el("tr", r))); }
+/** Fills a table's body with `rows`, or one row saying `empty` when there are none. */
+function fill(tableId, rows, empty) {
+  const body = $(tableId).querySelector("tbody");
+  if (rows.length === 0 && empty) {
+    const td = document.createElement("td"); td.colSpan = $(tableId).querySelectorAll("th").length; td.className = "hint"; td.textContent = empty;
+    const tr = document.createElement("tr"); tr.appendChild(td); body.replaceChildren(tr);
+  } else body.replaceChildren(...rows.map((r) => el("tr", r)));
+}
 
 // === charts (plain SVG) ===
 
@@ -48,14 +55,21 @@ function chart(id, series, from, to, options = {}) {
   svg("text", { x: 2, y: h - pad.b }, node).textContent = "0";
   svg("text", { x: pad.l, y: h - 3 }, node).textContent = new Date(from).toLocaleTimeString([], CLOCK);
   svg("text", { x: w - pad.r, y: h - 3, "text-anchor": "end" }, node).textContent = new Date(to).toLocaleTimeString([], CLOCK);
+  let named = 0;
   for (const m of options.markers || []) {
     const mx = x(m.at);
     svg("line", { x1: mx, y1: pad.t, x2: mx, y2: h - pad.b, class: m.bad ? "marker bad" : "marker" }, node);
-    if (m.label) svg("text", { x: mx + 2, y: pad.t + 10 }, node).textContent = m.label;
+    // Names alternate between two heights, so two close events stay readable.
+    if (m.label) svg("text", { x: mx + 2, y: pad.t + 10 + 12 * (named++ % 2) }, node).textContent = m.label;
   }
   for (const s of series) {
     let run = [];
-    const flush = () => { if (run.length) svg("polyline", { points: run.join(" "), class: s.cls }, node); run = []; };
+    // A lone point (a young edge, a gap on both sides) is a dot: a one-point line is invisible.
+    const flush = () => {
+      if (run.length === 1) { const [cx, cy] = run[0].split(","); svg("circle", { cx, cy, r: 2.5, class: `dot ${s.cls}` }, node); }
+      if (run.length) svg("polyline", { points: run.join(" "), class: s.cls }, node);
+      run = [];
+    };
     for (const [t, v] of s.points) { if (v === null) flush(); else run.push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`); }
     flush();
   }
@@ -102,6 +116,17 @@ function drawRollout(r) {
   const last = [...r.history].reverse().slice(0, 30);
   fill("history", last.map((e) => [time(e.at), e.P, e.event, e.v2 ? e.v2.requests : "", e.v2 ? e.v2.errorRate : "", e.v2 && e.v2.p99Ms !== null ? e.v2.p99Ms : "", e.shadow && e.shadow.mismatchRate !== null ? e.shadow.mismatchRate : "", e.reason]));
   if (r.history.length) mark("rollout");
+  if (r.plan && !planEdited) showPlan(r.plan);
+}
+
+// The start form shows the last rollout's plan, to run again after a rollback, until
+// the operator edits it.
+let planEdited = false;
+function showPlan(plan) {
+  $("steps").value = plan.steps.join(","); $("interval").value = plan.intervalSeconds;
+  $("max-error").value = plan.maxErrorRate; $("max-p99").value = plan.maxP99Ms;
+  $("min-requests").value = plan.minRequests; $("threshold").value = plan.failureThreshold;
+  $("max-shadow").value = plan.maxShadowMismatchRate ?? "";
 }
 
 function drawShadow(s) {
@@ -110,8 +135,9 @@ function drawShadow(s) {
   if (document.activeElement !== $("fraction")) $("fraction").value = s.fraction;
   if (document.activeElement !== $("ignore")) $("ignore").value = s.ignore.join(", ");
   const fields = Object.entries(s.fields).sort((a, b) => b[1] - a[1]);
-  fill("fields", fields.map(([f, n]) => [f, n]));
-  fill("recent", s.recent.slice(0, 15).map((e) => [time(e.at), e.field, e.served, JSON.stringify(e.servedValue), JSON.stringify(e.otherValue), e.userId]));
+  const none = s.compared > 0 ? "no mismatch so far" : "nothing compared yet";
+  fill("fields", fields.map(([f, n]) => [f, n]), none);
+  fill("recent", s.recent.slice(0, 15).map((e) => [time(e.at), e.field, e.served, JSON.stringify(e.servedValue), JSON.stringify(e.otherValue), e.userId]), none);
   if (s.compared > 0) mark("shadow");
 }
 
@@ -154,6 +180,7 @@ function wire() {
     const ignore = $("ignore").value.split(",").map((s) => s.trim()).filter(Boolean);
     act("rollout-notice", () => api("PUT", "/admin/shadow", { fraction: Number($("fraction").value), ignore }));
   });
+  $("start").addEventListener("input", () => { planEdited = true; });
   $("start").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const plan = {
@@ -162,7 +189,7 @@ function wire() {
       maxP99Ms: numberOr("max-p99", 250), minRequests: numberOr("min-requests", 20),
       failureThreshold: numberOr("threshold", 2), maxShadowMismatchRate: numberOr("max-shadow", null),
     };
-    act("rollout-notice", () => api("PUT", "/admin/rollout", plan));
+    act("rollout-notice", () => api("PUT", "/admin/rollout", plan)).then(() => { planEdited = false; });
   });
   for (const button of document.querySelectorAll("[data-control]")) {
     button.addEventListener("click", () => act("rollout-notice", () => api("POST", `/admin/rollout/${button.dataset.control}`)));
