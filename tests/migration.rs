@@ -130,23 +130,23 @@ async fn rollout_until(
 /// judge latencies: one at a time, so they do not judge each other's load.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// How a rollback went: how long after v2 turned bad, the rollout as it ended, its last
+/// event, and the client reads that failed meanwhile.
+struct Rollback {
+    took: Duration,
+    rollout: Value,
+    last: Value,
+    failures: Vec<String>,
+}
+
+/// Starts `plan` under steady reads, and once its first step has passed makes the Python
+/// v2 behave as `bad` says; waits for the rollback.
+async fn rollback_when_v2_turns(bad: Value, plan: Value) -> Rollback {
     let stack = StackBuilder::edge().python_v2().start().await;
     let http = stack.http();
     let ids = users(&http, 100).await;
     let load = Load::start(&http, &ids, 4);
-    let started = admin(
-        &http,
-        Method::PUT,
-        "/admin/rollout",
-        Some(
-            json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxErrorRate": 0.05,
-                    "maxP99Ms": 1000, "minRequests": 10, "failureThreshold": 2}),
-        ),
-    )
-    .await;
+    let started = admin(&http, Method::PUT, "/admin/rollout", Some(plan)).await;
     assert_eq!(started.status, 200, "{}", started.text);
     assert_eq!(started.json()["P"], 90);
     rollout_until(
@@ -156,21 +156,15 @@ async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
         |r| r["P"].as_u64() < Some(90),
     )
     .await;
-
-    // v2 turns bad: half its calls fail.
-    stack.python().set(json!({"errorRate": 0.5}));
+    stack.python().set(bad);
     let turned_bad = Instant::now();
     let rollout = rollout_until(&http, Duration::from_secs(30), "the rollback", |r| {
         r["state"] == "rolledBack"
     })
     .await;
     let took = turned_bad.elapsed();
+    stack.python().set(json!({}));
     let (_, failures) = load.finish().await;
-    // intervalSeconds × failureThreshold + one interval.
-    assert!(
-        took <= Duration::from_secs(6),
-        "rolled back {took:?} after v2 turned bad"
-    );
     assert_eq!(rollout["P"], 100);
     let last = rollout["history"]
         .as_array()
@@ -178,7 +172,35 @@ async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
         .last()
         .unwrap()
         .clone();
-    assert_eq!(last["event"], "rolledBack");
+    assert_eq!(last["event"], "rolledBack", "{rollout:#}");
+    Rollback {
+        took,
+        rollout,
+        last,
+        failures,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // v2 turns bad: half its calls fail.
+    let Rollback {
+        took,
+        rollout,
+        last,
+        failures,
+    } = rollback_when_v2_turns(
+        json!({"errorRate": 0.5}),
+        json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxErrorRate": 0.05,
+                "maxP99Ms": 1000, "minRequests": 10, "failureThreshold": 2}),
+    )
+    .await;
+    // intervalSeconds × failureThreshold + one interval.
+    assert!(
+        took <= Duration::from_secs(6),
+        "rolled back {took:?} after v2 turned bad"
+    );
     assert!(
         last["reason"].as_str().unwrap().contains("errorRate"),
         "{last}"
@@ -203,51 +225,24 @@ async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_hanging_mid_rollout_rolls_back_though_its_calls_dwindle() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let stack = StackBuilder::edge().python_v2().start().await;
-    let http = stack.http();
-    let ids = users(&http, 100).await;
-    let load = Load::start(&http, &ids, 4);
-    let started = admin(
-        &http,
-        Method::PUT,
-        "/admin/rollout",
-        Some(
-            json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxP99Ms": 1000,
-                    "minRequests": 20, "failureThreshold": 2}),
-        ),
-    )
-    .await;
-    assert_eq!(started.status, 200, "{}", started.text);
-    rollout_until(
-        &http,
-        Duration::from_secs(30),
-        "the first step to pass",
-        |r| r["P"].as_u64() < Some(90),
-    )
-    .await;
-
-    // v2 hangs: every call takes 2.5 s, so the clients stuck on it send it only a few
+    // v2 hangs: every call takes 1.5 s, so the clients stuck on it send it only a few
     // calls per window, fewer than minRequests. Those few already break maxP99Ms.
-    stack.python().set(json!({"latencyMs": 2500}));
-    let turned_bad = Instant::now();
-    let rollout = rollout_until(&http, Duration::from_secs(30), "the rollback", |r| {
-        r["state"] == "rolledBack"
-    })
+    let Rollback { took, last, .. } = rollback_when_v2_turns(
+        json!({"latencyMs": 1500}),
+        json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxP99Ms": 1000,
+                "minRequests": 20, "failureThreshold": 2}),
+    )
     .await;
-    let took = turned_bad.elapsed();
-    stack.python().set(json!({}));
-    load.finish().await;
-    let last = rollout["history"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(last["event"], "rolledBack", "{rollout:#}");
+    // intervalSeconds × failureThreshold + one interval, + the 1.5 s before the first
+    // hung call can end.
+    assert!(
+        took <= Duration::from_millis(7500),
+        "rolled back {took:?} after v2 began to hang"
+    );
     assert!(last["reason"].as_str().unwrap().contains("p99Ms"), "{last}");
     assert!(last["v2"]["requests"].as_u64().unwrap() < 20, "{last}");
     println!(
-        "v2 hanging (2.5 s a call): rolled back {took:?} later on windows of {} v2 calls",
+        "v2 hanging (1.5 s a call): rolled back {took:?} later on windows of {} v2 calls",
         last["v2"]["requests"]
     );
 }
