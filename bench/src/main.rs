@@ -59,6 +59,12 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
 
+    /// Run only the experiments of --only and put their figures into the existing
+    /// report.json in --out (the others stay as they were), noting the rerun and this
+    /// reason in the report.
+    #[arg(long, value_name = "WHY")]
+    update: Option<String>,
+
     /// Where REPORT.md and report.json go.
     #[arg(long, default_value = "bench")]
     out: PathBuf,
@@ -68,15 +74,32 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds.max(1));
-    let mut report = report::Report {
-        machine: report::Machine::read(),
-        r1: None,
-        r1_pinned: None,
-        r2: Vec::new(),
-        r3: None,
-        routes: None,
-        m1: None,
-        soak: None,
+    let mut report = match &args.update {
+        Some(why) => {
+            let path = args.out.join("report.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("--update needs {}: {e}", path.display()))?;
+            let mut report: report::Report = serde_json::from_str(&text)?;
+            let now = report::Machine::read();
+            report.reruns.push(report::Rerun {
+                experiments: args.only.clone(),
+                date: now.date,
+                commit: now.commit,
+                why: why.clone(),
+            });
+            report
+        }
+        None => report::Report {
+            machine: report::Machine::read(),
+            r1: None,
+            r1_pinned: None,
+            r2: Vec::new(),
+            r3: None,
+            routes: None,
+            m1: None,
+            soak: None,
+            reruns: Vec::new(),
+        },
     };
     if args.only.iter().any(|e| e == "r1") {
         let settings = r1::Settings {
@@ -101,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if args.only.iter().any(|e| e == "r2") {
+        report.r2.clear();
         // At the bar's rate, and at twice it.
         for rate in [args.sync_rate, args.sync_rate * 2.0] {
             let settings = r2::Settings {

@@ -11,14 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::load::{Measured, closed_loop, open_loop};
 use crate::r1::median;
 use crate::stack::Stack;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShadowRound {
     pub off: Measured,
     pub on: Measured,
@@ -29,7 +29,7 @@ pub struct ShadowRound {
     pub dropped: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnalysisRound {
     pub idle: Measured,
     pub judging: Measured,
@@ -39,7 +39,7 @@ pub struct AnalysisRound {
     pub checks: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct M1 {
     pub concurrency: usize,
     pub seconds: f64,

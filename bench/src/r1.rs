@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tandem::proto::common::v1::Address;
 use tandem::proto::user::v1::user_service_client::UserServiceClient;
 use tandem::proto::user::v1::{CreateUserRequest, GetUserRequest};
@@ -15,7 +15,7 @@ use crate::load::{Measured, closed_loop, open_loop};
 use crate::stack::Stack;
 
 /// One saturation round: gRPC then REST, back to back.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaturationRound {
     pub grpc: Measured,
     pub rest: Measured,
@@ -50,7 +50,7 @@ fn cpu_per_request(
 }
 
 /// One half-load round: gRPC then REST at the same request rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HalfLoadRound {
     pub grpc: Measured,
     pub rest: Measured,
@@ -58,7 +58,7 @@ pub struct HalfLoadRound {
     pub added_p99_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Comparison {
     pub call: String,
     pub saturation: Vec<SaturationRound>,
@@ -72,7 +72,7 @@ pub struct Comparison {
     pub added_p99_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct R1 {
     pub pin: Option<crate::stack::Pinning>,
     pub concurrency: usize,

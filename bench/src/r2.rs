@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tandem::proto::order::v1::ListOrdersRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tonic::transport::Channel;
 
 use crate::stack::Stack;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct R2 {
     pub rate: f64,
     pub seconds: f64,

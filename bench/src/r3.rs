@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use order_svc::model::{Order, OrderItem};
 use order_svc::store::SqliteOrderStore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tandem::domain::{EmailCheck, EmailList, OrderId, OrderStatus, Price, UserId};
 use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem_testkit::{Service, StackBuilder, domain_address as address};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Size {
     pub total_orders: usize,
     pub user_orders: usize,
@@ -21,7 +21,7 @@ pub struct Size {
     pub min_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct R3 {
     pub sizes: Vec<Size>,
     /// Median at the largest size / median at the smallest.

@@ -4,14 +4,14 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::load::Measured;
 use crate::r1::R1;
 use crate::r2::R2;
 use crate::r3::R3;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -60,7 +60,7 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub r1: Option<R1>,
@@ -70,6 +70,17 @@ pub struct Report {
     pub routes: Option<crate::routes::Routes>,
     pub m1: Option<crate::migration::M1>,
     pub soak: Option<crate::soak::Soak>,
+    /// Experiments run again later (`--update`), each with when and at which commit.
+    #[serde(default)]
+    pub reruns: Vec<Rerun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rerun {
+    pub experiments: Vec<String>,
+    pub date: String,
+    pub commit: String,
+    pub why: String,
 }
 
 fn row(name: &str, m: &Measured) -> String {
@@ -99,6 +110,16 @@ impl Report {
             "Machine: {} — {} cores, {} GiB, Linux {}, {}.\n",
             m.cpu, m.cores, m.memory_gib, m.kernel, m.rustc
         );
+        for rerun in &self.reruns {
+            let _ = writeln!(
+                out,
+                "Run again on {} (commit {}): {} — {}.\n",
+                rerun.date,
+                rerun.commit,
+                rerun.experiments.join(", "),
+                rerun.why
+            );
+        }
         if let Some(r1) = &self.r1 {
             render_r1(&mut out, r1, "R1 — the edge's cost");
         }

@@ -4,11 +4,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stack::Stack;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouteRun {
     pub route: String,
     pub connections: usize,
@@ -23,7 +23,7 @@ pub struct RouteRun {
     pub first_failure: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Routes {
     pub seconds: f64,
     pub runs: Vec<RouteRun>,

@@ -89,7 +89,7 @@ impl Service {
 }
 
 /// CPUs to pin processes to (benchmarks: the edge on a core of its own).
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Pinning {
     pub edge_cpu: usize,
     pub others_cpu: usize,
