@@ -10,3 +10,10 @@ pub mod proto;
 /// end: set (or taken) by the edge, logged by every process, copied into the outbox and
 /// onto the `user.updated` message.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// gRPC metadata the edge sets on calls made for a client with a verified token: the
+/// token's `sub`, and its tandem scopes, space-separated. The token itself never leaves
+/// the edge. Services log the subject with each call; a service reached directly (not
+/// through the edge) must not take these as proof of anything.
+pub const AUTH_SUBJECT: &str = "x-tandem-subject";
+pub const AUTH_SCOPES: &str = "x-tandem-scopes";

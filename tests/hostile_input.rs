@@ -29,7 +29,10 @@ fn schemathesis(args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
-    let stack = StackBuilder::edge().start().await;
+    let stack = StackBuilder::edge()
+        .edge_args(&["--admin-auth-limit", "1000/s"])
+        .start()
+        .await;
     // Some real users and orders, so generated requests also hit existing ones.
     let email = unique_email("st");
     let user = stack.http().create_user(&email).await;
@@ -101,6 +104,64 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
     assert!(ok, "schemathesis found valid input refused:\n{output}");
 }
 
+/// The same generated traffic against an edge that verifies tokens, given one with every
+/// scope: the guard adds no 5xx and no answer the document does not describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_with_authentication_on_finds_no_server_error() {
+    use tandem_testkit::jwt::{API_SCOPES, AUDIENCE, ISSUER, TestKey, claims, jwks};
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::load("rsa-1");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    let jwks_arg = jwks_path.display().to_string();
+    let stack = StackBuilder::edge()
+        .edge_args(&[
+            "--jwks",
+            &jwks_arg,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+            // Generated requests send wrong admin credentials by the dozen; the lock-out
+            // is guard.rs's subject, not this test's.
+            "--admin-auth-limit",
+            "1000/s",
+        ])
+        .start()
+        .await;
+    let token = key.sign(&claims(
+        "schemathesis",
+        &format!("{API_SCOPES} tandem:admin"),
+    ));
+    let http = stack.http().with_token(&token);
+    let email = unique_email("st-auth");
+    let user = http.create_user(&email).await;
+    http.post("/orders", &order_body(&user, &email)).await;
+
+    let spec = format!("{}/openapi.json", stack.http().base);
+    let auth = format!("Authorization: Bearer {token}");
+    let (ok, output) = schemathesis(&[
+        &spec,
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        "25",
+        "--workers",
+        "1",
+        "--seed",
+        "2",
+        "-H",
+        &auth,
+    ]);
+    assert!(ok, "schemathesis found failures:\n{output}");
+    assert!(
+        output.contains("Tested: 21"),
+        "not every operation was tested:\n{output}"
+    );
+}
+
 async fn raw(stack: &Stack, method: Method, path: &str, body: Vec<u8>) -> Reply {
     let http = &stack.http();
     http.send(
@@ -137,6 +198,27 @@ async fn malformed_and_oversized_bodies_are_refused_cleanly() {
     )
     .await;
     assert_json_error(&reply, 400, None);
+
+    // An array of a body's fields in order (serde would fill a struct from it).
+    let reply = raw(
+        &stack,
+        Method::PUT,
+        "/users/8eab397f-6890-4c61-b3f8-4f6c099e4c90",
+        br#"[["a@b.co"]]"#.to_vec(),
+    )
+    .await;
+    assert_json_error(&reply, 400, None);
+    let admin = stack.http().with_token(ADMIN_TOKEN);
+    let reply = admin
+        .send(
+            admin
+                .request(Method::PUT, "/admin/shadow")
+                .header("content-type", "application/json")
+                .body("[0.5, []]"),
+        )
+        .await;
+    assert_json_error(&reply, 400, None);
+    assert_eq!(admin.get("/admin/shadow").await.json()["fraction"], 0.0);
 
     // Not UTF-8.
     let reply = raw(

@@ -4,7 +4,7 @@
 //! causes go to the log; clients get a sentence that is safe to show.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;
 
@@ -16,8 +16,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub fields: Vec<FieldError>,
-    /// Extra response headers (few and static, so kept small).
-    pub headers: Vec<(&'static str, &'static str)>,
+    /// Extra response headers (WWW-Authenticate, Retry-After).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -53,7 +53,18 @@ impl ApiError {
     }
 
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.headers.push((name, value));
+        self.headers.push((
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+        self
+    }
+
+    /// A header made at run time; a value that is not a valid header is left out.
+    pub fn with_owned_header(mut self, name: HeaderName, value: String) -> Self {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            self.headers.push((name, value));
+        }
         self
     }
 
@@ -113,9 +124,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.http, Json(body)).into_response();
         for (name, value) in self.headers {
-            response
-                .headers_mut()
-                .insert(name, HeaderValue::from_static(value));
+            response.headers_mut().insert(name, value);
         }
         response
     }
@@ -212,9 +221,14 @@ pub enum ErrorResponses {
     /// that is not allowed (FAILED_PRECONDITION).
     #[response(status = 400)]
     BadRequest(ErrorBody),
-    /// Missing or wrong admin token.
+    /// Missing or invalid credentials: the admin token on /admin, a bearer token on the
+    /// API when the edge verifies tokens (with `WWW-Authenticate`).
     #[response(status = 401)]
     Unauthorized(ErrorBody),
+    /// The token lacks the route's scope, or is limited to one user and the route is not
+    /// about that user.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
     /// No such user, order or route.
     #[response(status = 404)]
     NotFound(ErrorBody),
@@ -230,6 +244,10 @@ pub enum ErrorResponses {
     /// The body is not sent as application/json.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
+    /// Over the client's rate limit (see `Retry-After` and `RateLimit`), or too many
+    /// failed admin logins from this address.
+    #[response(status = 429)]
+    TooManyRequests(ErrorBody),
     /// A service failed; the cause was logged.
     #[response(status = 500)]
     Internal(ErrorBody),

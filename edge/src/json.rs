@@ -39,6 +39,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
             .await
             .map_err(|e| body_error(&e))?;
+        // Every body of the API is an object; serde would also fill a struct from an
+        // array of its fields in order, which no client means.
+        if bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'[')
+        {
+            return Err(ApiError::invalid(
+                "the body must be a JSON object, not an array",
+                Vec::new(),
+            ));
+        }
         parse(&bytes).map(JsonBody)
     }
 }

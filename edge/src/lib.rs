@@ -12,11 +12,13 @@
 
 pub mod control;
 mod error;
+pub mod guard;
 mod json;
 mod metrics;
 mod routes;
 pub mod routing;
 mod server;
+pub mod tls;
 mod upstream;
 
 use std::path::PathBuf;
@@ -30,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 use control::Control;
 pub use error::{ErrorBody, http_status};
+use guard::{Guard, GuardConfig};
 pub use json::MAX_BODY_BYTES;
 use metrics::EdgeMetrics;
+use tls::{Tls, TlsFiles};
 pub use upstream::UpstreamConfig;
 use upstream::Upstreams;
 
@@ -49,6 +53,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Other replicas to share the dial, the shadow settings and the rollout with.
     pub cluster: Option<ClusterSettings>,
+    /// Tokens, rate limits and trusted proxies; all off by default.
+    pub guard: GuardConfig,
+    /// HTTPS when set.
+    pub tls: Option<TlsFiles>,
 }
 
 /// How replicas of the edge find each other: through RabbitMQ, under a cluster name.
@@ -69,7 +77,7 @@ impl AdminToken {
     }
 
     /// Compares in constant time, so response timing does not leak the token.
-    fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         self.0.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 }
@@ -88,6 +96,10 @@ pub enum Error {
     Upstream(String),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("authentication: {0}")]
+    Guard(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What every request handler shares.
@@ -98,6 +110,7 @@ pub(crate) struct Shared {
     registry: Registry,
     admin_token: Option<AdminToken>,
     request_timeout: Duration,
+    guard: Arc<Guard>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -107,10 +120,13 @@ pub struct Edge {
     state: AppState,
     routing_poll: Duration,
     cluster: Option<ClusterSettings>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Edge {
-    pub fn new(config: Config) -> Result<Edge, Error> {
+    /// Reads the routing and control files, the JWKS and the TLS files: whatever is
+    /// wrong with them stops the edge here, before it serves anything.
+    pub async fn new(config: Config) -> Result<Edge, Error> {
         if config.cluster.is_some() && !cfg!(feature = "cluster") {
             return Err(Error::Cluster(
                 "this edge was built without the cluster feature (cargo build -p edge --features cluster)".into(),
@@ -120,6 +136,17 @@ impl Edge {
         let control =
             Arc::new(Control::load(&config.routing_file, &mut registry).map_err(Error::Routing)?);
         let metrics = EdgeMetrics::register(&mut registry);
+        let guard = Arc::new(
+            Guard::new(config.guard, &mut registry)
+                .await
+                .map_err(Error::Guard)?,
+        );
+        let tls = match config.tls {
+            Some(files) => Some(Arc::new(
+                Tls::load(files, &mut registry).map_err(Error::Tls)?,
+            )),
+            None => None,
+        };
         let upstreams =
             Upstreams::new(&config.upstreams, metrics.clone(), control.recorder.clone())
                 .map_err(Error::Upstream)?;
@@ -130,11 +157,13 @@ impl Edge {
             registry,
             admin_token: config.admin_token,
             request_timeout: config.request_timeout,
+            guard,
         });
         Ok(Edge {
             state,
             routing_poll: config.routing_poll,
             cluster: config.cluster,
+            tls,
         })
     }
 
@@ -165,6 +194,12 @@ impl Edge {
                 shutdown.clone(),
             ))),
             self.join_cluster(&shutdown),
+            Some(tokio::spawn(
+                self.state.guard.clone().sweep(shutdown.clone()),
+            )),
+            self.tls
+                .clone()
+                .map(|tls| tokio::spawn(tls.watch(shutdown.clone()))),
         ];
         let routing = control.dial();
         tracing::info!(
@@ -172,11 +207,13 @@ impl Edge {
             p = routing.p,
             mode = ?routing.mode,
             routing_file = %control.routing.file().display(),
-            admin_api = self.state.admin_token.is_some(),
+            admin_api = self.state.admin_token.is_some() || self.state.guard.authenticates(),
+            jwt = self.state.guard.authenticates(),
+            tls = self.tls.is_some(),
             cluster = ?self.cluster.as_ref().map(|c| &c.name),
             "edge serving"
         );
-        server::serve(listener, self.router(), shutdown.clone()).await;
+        server::serve(listener, self.router(), self.tls.clone(), shutdown.clone()).await;
         shutdown.cancel();
         for task in tasks.into_iter().flatten() {
             let _ = task.await;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use edge::guard::args::GuardArgs;
 use edge::{AdminToken, ClusterSettings, Config, Edge, UpstreamConfig};
 use tandem_serving::listen::Listeners;
 use tandem_serving::telemetry::{self, LogArgs};
@@ -78,6 +79,9 @@ struct Args {
     routing_poll_ms: u64,
 
     #[command(flatten)]
+    guard: GuardArgs,
+
+    #[command(flatten)]
     log: LogArgs,
 }
 
@@ -89,6 +93,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let (guard, tls) = args.guard.into_config();
     let config = Config {
         upstreams: UpstreamConfig {
             user_v1: args.user_v1,
@@ -104,8 +109,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             amqp_url: args.amqp,
             name,
         }),
+        guard,
+        tls,
     };
-    let edge = Edge::new(config)?;
+    let edge = Edge::new(config).await?;
     let listener = Listeners::from_env().take_or_bind(0, args.listen).await?;
     edge.serve(listener, tandem_serving::shutdown::on_signal())
         .await?;

@@ -40,6 +40,14 @@ pub enum Retry {
     OnlyIfNeverSent,
 }
 
+/// What every call to a service carries from the client's request: its id, and who the
+/// verified token speaks for (as metadata; the token stays here).
+#[derive(Debug, Clone, Default)]
+pub struct Call {
+    pub request_id: String,
+    pub caller: crate::guard::Caller,
+}
+
 /// A user call's outcome and the flavor that produced it.
 pub struct Served<T> {
     pub flavor: Flavor,
@@ -97,8 +105,17 @@ impl Upstreams {
         })
     }
 
-    fn request<T>(&self, message: T, request_id: &str) -> tonic::Request<T> {
-        let mut request = tandem_serving::grpc::request_with_id(message, request_id);
+    fn request<T>(&self, message: T, call: &Call) -> tonic::Request<T> {
+        let mut request = tandem_serving::grpc::request_with_id(message, &call.request_id);
+        if let Some(principal) = &call.caller.0 {
+            let metadata = request.metadata_mut();
+            if let Ok(subject) = principal.subject.parse() {
+                metadata.insert(tandem::AUTH_SUBJECT, subject);
+            }
+            if let Ok(scopes) = principal.scopes.names().parse() {
+                metadata.insert(tandem::AUTH_SCOPES, scopes);
+            }
+        }
         // Tells the service how long the edge will wait, so it can give up too.
         request.set_timeout(self.timeout);
         request
@@ -112,7 +129,7 @@ impl Upstreams {
         &self,
         first: Flavor,
         retry: Retry,
-        request_id: &str,
+        context: &Call,
         message: Req,
         call: F,
     ) -> Served<Resp>
@@ -122,7 +139,7 @@ impl Upstreams {
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let result = self
-            .call_flavor(first, request_id, message.clone(), &call)
+            .call_flavor(first, context, message.clone(), &call)
             .await;
         match result {
             Err(status)
@@ -134,7 +151,7 @@ impl Upstreams {
                 tracing::warn!(from = first.as_str(), to = second.as_str(), error = %status.message(), "user flavor unreachable; failing over");
                 Served {
                     flavor: second,
-                    result: self.call_flavor(second, request_id, message, &call).await,
+                    result: self.call_flavor(second, context, message, &call).await,
                 }
             }
             result => Served {
@@ -147,7 +164,7 @@ impl Upstreams {
     async fn call_flavor<Req, Resp, F, Fut>(
         &self,
         flavor: Flavor,
-        request_id: &str,
+        context: &Call,
         message: Req,
         call: &F,
     ) -> Result<Resp, Status>
@@ -157,7 +174,7 @@ impl Upstreams {
     {
         let started = Instant::now();
         let client = self.users[slot(flavor)].clone();
-        let result = call(client, self.request(message, request_id))
+        let result = call(client, self.request(message, context))
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| self.as_seen_by_clients(status, started));
@@ -193,7 +210,7 @@ impl Upstreams {
 
     pub async fn orders<Req, Resp, F, Fut>(
         &self,
-        request_id: &str,
+        context: &Call,
         message: Req,
         call: F,
     ) -> Result<Resp, Status>
@@ -202,7 +219,7 @@ impl Upstreams {
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let started = Instant::now();
-        call(self.orders.clone(), self.request(message, request_id))
+        call(self.orders.clone(), self.request(message, context))
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| self.as_seen_by_clients(status, started))

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tandem::domain::Flavor;
 use utoipa::ToSchema;
@@ -19,31 +19,9 @@ use crate::json::{JsonBody, parse_query};
 use crate::metrics::FlavorStats;
 use crate::routing::{Mode, RoutingConfig};
 
-pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.admin_token else {
-        return Err(ApiError::not_found(
-            "the admin API is disabled: start the edge with EDGE_ADMIN_TOKEN set",
-        ));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if token.matches(presented) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "the admin API needs Authorization: Bearer <admin token>",
-        )
-        .with_header("www-authenticate", "Bearer"))
-    }
-}
-
-/// Proof that a request carries the admin token. As an extractor it runs before the
-/// body is read, so a request without the token is refused (401) whatever its body.
+/// Proof that a request carries the admin token (or, with JWT on, a token with the
+/// `tandem:admin` scope). As an extractor it runs before the body is read, so a request
+/// without it is refused (401) whatever its body.
 pub struct Admin;
 
 impl axum::extract::FromRequestParts<AppState> for Admin {
@@ -53,7 +31,14 @@ impl axum::extract::FromRequestParts<AppState> for Admin {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authorize(state, &parts.headers).map(|()| Admin)
+        let client = state
+            .guard
+            .client_address(&parts.extensions, &parts.headers);
+        state
+            .guard
+            .admin(state.admin_token.as_ref(), client, &parts.headers)
+            .await
+            .map(|()| Admin)
     }
 }
 

@@ -25,9 +25,12 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::guard::Caller;
+use crate::upstream::Call;
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&Security),
     info(
         title = "tandem",
         description = "Users and orders. Every error is JSON: {\"status\":\"error\",\"code\",\"detail\",\"fields\"}. \
@@ -46,6 +49,62 @@ use crate::error::ApiError;
     ))
 )]
 struct ApiDoc;
+
+/// The two credentials: the admin token, and (when the edge is started with a JWKS) a
+/// JWT whose scopes each operation names, from the same table the guard enforces. The
+/// empty requirement says a token is optional: the API is open unless configured.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "EDGE_ADMIN_TOKEN, or with EDGE_JWKS set a JWT with the tandem:admin scope",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "Required when the edge is started with EDGE_JWKS. A token with the \
+                         tandem_user_id claim reaches only that user and their orders.",
+                    ))
+                    .build(),
+            ),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (axum::http::Method::GET, &mut item.get),
+                (axum::http::Method::PUT, &mut item.put),
+                (axum::http::Method::POST, &mut item.post),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                if let crate::guard::scopes::Needs::Scope(scope) =
+                    crate::guard::scopes::needs(&method, Some(path))
+                {
+                    operation.security = Some(vec![
+                        SecurityRequirement::default(),
+                        SecurityRequirement::new("bearer", [scope.name()]),
+                    ]);
+                }
+            }
+        }
+    }
+}
 
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -78,6 +137,11 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        // Inside `track`, so refusals are logged and counted like any answer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::check,
+        ))
         .layer(axum::middleware::from_fn_with_state(state, track));
     // /users/ and /users are one route: the slash is trimmed before routing.
     let api = NormalizePathLayer::trim_trailing_slash().layer(api);
@@ -93,6 +157,30 @@ pub fn app(state: AppState) -> Router {
 /// The id of the request being served, taken from `x-request-id` or made here.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
+
+/// A handler's view of who is calling: the request id (set by `track`) and the verified
+/// caller (set by the guard; anonymous when the API is open).
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Call {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Call {
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .map(|id| id.0.clone())
+                .unwrap_or_default(),
+            caller: parts
+                .extensions
+                .get::<Caller>()
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
 
 fn request_id_from(request: &Request) -> String {
     request
@@ -121,7 +209,15 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
-    let span = tracing::info_span!("http", %method, %path, request_id = %request_id);
+    let span = tracing::info_span!(
+        "http",
+        %method,
+        %path,
+        request_id = %request_id,
+        // Filled in by the guard for a verified token (never the token itself).
+        subject = tracing::field::Empty,
+        scopes = tracing::field::Empty
+    );
     let mut response = match tokio::time::timeout(
         state.request_timeout,
         next.run(request).instrument(span.clone()),

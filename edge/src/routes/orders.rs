@@ -1,6 +1,5 @@
 //! /orders: always order-svc.
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,10 +10,11 @@ use tandem::proto::common::v1 as common;
 use tandem::proto::order::v1 as pb;
 use utoipa::ToSchema;
 
-use super::{ContactChangeBody, RequestId, SUCCESS, rfc3339};
+use super::{ContactChangeBody, SUCCESS, rfc3339};
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::json::{JsonBody, PathParam, parse_query, whole_number};
+use crate::upstream::Call;
 
 // === the REST shapes ===
 
@@ -212,6 +212,38 @@ fn view(order: Option<pb::Order>) -> Result<OrderView, ApiError> {
         })
 }
 
+/// A token limited to one user sees other users' orders as absent (the same 404 as an
+/// unknown id).
+fn only_owner(call: &Call, order_id: &str, owner: &str) -> Result<(), ApiError> {
+    if call.caller.may_touch(owner) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("order {order_id} not found")))
+    }
+}
+
+/// Before a change made with a token limited to one user: whether the order is that
+/// user's. An order never changes hands, so reading it first leaves no race. Tokens
+/// that are not limited skip the extra call.
+async fn check_owner(state: &AppState, call: &Call, order_id: &str) -> Result<(), ApiError> {
+    if call.caller.only_user().is_none() {
+        return Ok(());
+    }
+    let reply = state
+        .upstreams
+        .orders(
+            call,
+            pb::GetOrderRequest {
+                order_id: order_id.to_owned(),
+            },
+            |mut client, request| async move { client.get_order(request).await },
+        )
+        .await
+        .map_err(|s| upstream_error(&s))?;
+    let owner = reply.order.map(|o| o.user_id).unwrap_or_default();
+    only_owner(call, order_id, &owner)
+}
+
 /// Create an order.
 #[utoipa::path(
     post,
@@ -226,13 +258,14 @@ fn view(order: Option<pb::Order>) -> Result<OrderView, ApiError> {
 )]
 pub async fn create_order(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     JsonBody(body): JsonBody<CreateOrderInput>,
 ) -> Result<Response, ApiError> {
+    super::users::only_own(&call, &body.user_id)?;
     let reply = state
         .upstreams
         .orders(
-            &request_id,
+            &call,
             pb::CreateOrderRequest::from(body),
             |mut client, request| async move { client.create_order(request).await },
         )
@@ -267,7 +300,7 @@ pub async fn create_order(
 )]
 pub async fn list_orders(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     RawQuery(query): RawQuery,
 ) -> Result<Json<OrdersEnvelope>, ApiError> {
     let query: ListQuery = parse_query(query.as_deref().unwrap_or(""))?;
@@ -275,15 +308,28 @@ pub async fn list_orders(
     if query.user_id.as_deref() == Some("") {
         return Err(ApiError::invalid_field("userId", "must be a UUID"));
     }
+    let user_id = match (call.caller.only_user(), query.user_id) {
+        (None, asked) => asked.unwrap_or_default(),
+        (Some(own), None) => own.to_owned(),
+        (Some(own), Some(asked)) if asked == own => asked,
+        // Another user's orders, to a token limited to one user: as if there were none.
+        (Some(_), Some(_)) => {
+            return Ok(Json(OrdersEnvelope {
+                status: SUCCESS,
+                orders: Vec::new(),
+                next_page_token: None,
+            }));
+        }
+    };
     let request = pb::ListOrdersRequest {
         order_status: query.status.map_or(0, |s| s.to_proto() as i32),
-        user_id: query.user_id.unwrap_or_default(),
+        user_id,
         page_size: query.limit.unwrap_or(0),
         page_token: query.page_token.unwrap_or_default(),
     };
     let reply = state
         .upstreams
-        .orders(&request_id, request, |mut client, request| async move {
+        .orders(&call, request, |mut client, request| async move {
             client.list_orders(request).await
         })
         .await
@@ -313,18 +359,23 @@ pub async fn list_orders(
 )]
 pub async fn get_order(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     PathParam(order_id): PathParam,
 ) -> Result<Json<OrderEnvelope>, ApiError> {
     let reply = state
         .upstreams
         .orders(
-            &request_id,
-            pb::GetOrderRequest { order_id },
+            &call,
+            pb::GetOrderRequest {
+                order_id: order_id.clone(),
+            },
             |mut client, request| async move { client.get_order(request).await },
         )
         .await
         .map_err(|s| upstream_error(&s))?;
+    if let Some(order) = &reply.order {
+        only_owner(&call, &order_id, &order.user_id)?;
+    }
     Ok(Json(OrderEnvelope {
         status: SUCCESS,
         order: view(reply.order)?,
@@ -346,17 +397,18 @@ pub async fn get_order(
 )]
 pub async fn update_status(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     PathParam(order_id): PathParam,
     JsonBody(body): JsonBody<StatusInput>,
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
+    check_owner(&state, &call, &order_id).await?;
     let request = pb::UpdateOrderStatusRequest {
         order_id,
         order_status: body.order_status.to_proto() as i32,
     };
     let reply = state
         .upstreams
-        .orders(&request_id, request, |mut client, request| async move {
+        .orders(&call, request, |mut client, request| async move {
             client.update_order_status(request).await
         })
         .await
@@ -383,11 +435,12 @@ pub async fn update_status(
 )]
 pub async fn update_details(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     PathParam(order_id): PathParam,
     JsonBody(body): JsonBody<ContactChangeBody>,
 ) -> Result<Json<OrderAfterEnvelope>, ApiError> {
     let (emails, delivery_address, update_mask) = body.into_request_fields()?;
+    check_owner(&state, &call, &order_id).await?;
     let request = pb::UpdateOrderDetailsRequest {
         order_id,
         emails,
@@ -396,7 +449,7 @@ pub async fn update_details(
     };
     let reply = state
         .upstreams
-        .orders(&request_id, request, |mut client, request| async move {
+        .orders(&call, request, |mut client, request| async move {
             client.update_order_details(request).await
         })
         .await

@@ -1,7 +1,6 @@
 //! /users: each call goes to the user-svc flavor the routing dial picks (or the one
 //! `X-User-Version` names), and the answer says which in `X-Served-By`.
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,13 +11,13 @@ use tandem::proto::common::v1 as common;
 use tandem::proto::user::v1 as pb;
 use utoipa::ToSchema;
 
-use super::{ContactChangeBody, RequestId, SUCCESS, rfc3339};
+use super::{ContactChangeBody, SUCCESS, rfc3339};
 use crate::AppState;
 use crate::control::{compare, shadow};
 use crate::error::{ApiError, ErrorResponses};
 use crate::json::{JsonBody, PathParam};
 use crate::routing;
-use crate::upstream::{Retry, Served};
+use crate::upstream::{Call, Retry, Served};
 
 // === the REST shapes ===
 
@@ -147,6 +146,16 @@ fn pick(state: &AppState, headers: &HeaderMap, user_id: Option<&str>) -> Result<
     }
 }
 
+/// A token limited to one user sees every other user as absent: the same 404 as an
+/// unknown id, so it cannot learn which ids exist.
+pub(super) fn only_own(call: &Call, user_id: &str) -> Result<(), ApiError> {
+    if call.caller.may_touch(user_id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("user {user_id} not found")))
+    }
+}
+
 /// Answers with the user-svc outcome, marked with the flavor that served it.
 fn respond<T>(served: Served<T>, ok: impl FnOnce(T) -> Response) -> Response {
     let mut response = match served.result {
@@ -205,17 +214,24 @@ fn shadow(
 )]
 pub async fn create_user(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateUserInput>,
 ) -> Result<Response, ApiError> {
+    if call.caller.only_user().is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "a token limited to one user cannot create users",
+        ));
+    }
     let flavor = pick(&state, &headers, None)?;
     let served = state
         .upstreams
         .user(
             flavor,
             Retry::OnlyIfNeverSent,
-            &request_id,
+            &call,
             pb::CreateUserRequest::from(body),
             |mut client, request| async move { client.create_user(request).await },
         )
@@ -259,10 +275,11 @@ pub async fn create_user(
 )]
 pub async fn get_user(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     PathParam(user_id): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    only_own(&call, &user_id)?;
     let flavor = pick(&state, &headers, Some(&user_id))?;
     let shadowed = state.control.shadow.wanted().then(|| user_id.clone());
     let served = state
@@ -270,13 +287,13 @@ pub async fn get_user(
         .user(
             flavor,
             Retry::Safe,
-            &request_id,
+            &call,
             pb::GetUserRequest { user_id },
             |mut client, request| async move { client.get_user(request).await },
         )
         .await;
     if let Some(user_id) = shadowed {
-        shadow(&state, &served, request_id, user_id);
+        shadow(&state, &served, call.request_id, user_id);
     }
     Ok(respond(served, |reply| {
         match user_or_internal(reply.user) {
@@ -309,11 +326,12 @@ pub async fn get_user(
 )]
 pub async fn update_user(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    call: Call,
     PathParam(user_id): PathParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ContactChangeBody>,
 ) -> Result<Response, ApiError> {
+    only_own(&call, &user_id)?;
     let (emails, delivery_address, update_mask) = body.into_request_fields()?;
     let flavor = pick(&state, &headers, Some(&user_id))?;
     let request = pb::UpdateUserContactRequest {
@@ -327,7 +345,7 @@ pub async fn update_user(
         .user(
             flavor,
             Retry::OnlyIfNeverSent,
-            &request_id,
+            &call,
             request,
             |mut client, request| async move { client.update_user_contact(request).await },
         )

@@ -53,6 +53,25 @@ impl Http {
         }
     }
 
+    /// The same edge, every request carrying `Authorization: Bearer <token>`.
+    pub fn with_token(&self, token: &str) -> Http {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .expect("a token fit for a header"),
+        );
+        Http {
+            base: self.base.clone(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client"),
+        }
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("the edge answers");
         Reply {

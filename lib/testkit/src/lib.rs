@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod contract;
 pub mod fixtures;
 pub mod http;
+pub mod jwt;
 pub mod ports;
 pub mod proc;
 pub mod python;

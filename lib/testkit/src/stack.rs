@@ -113,6 +113,7 @@ pub struct StackBuilder {
     pin: Option<Pinning>,
     cluster: bool,
     python_v2: bool,
+    edge_args: Vec<String>,
 }
 
 impl StackBuilder {
@@ -134,6 +135,7 @@ impl StackBuilder {
             pin: None,
             cluster: false,
             python_v2: false,
+            edge_args: Vec::new(),
         }
     }
 
@@ -244,6 +246,13 @@ impl StackBuilder {
 
     pub fn pin(mut self, pin: Option<Pinning>) -> Self {
         self.pin = pin;
+        self
+    }
+
+    /// Flags of the edge's guard and TLS (`--jwks`, `--rate-limit`, `--tls-cert`…), read
+    /// by the edge's own parser whether it runs in this process or as a binary.
+    pub fn edge_args(mut self, args: &[&str]) -> Self {
+        self.edge_args = args.iter().map(|a| (*a).to_owned()).collect();
         self
     }
 
@@ -561,6 +570,10 @@ impl Stack {
                 tokio::spawn(async move { worker.run(ops, token).await.expect("the worker runs") })
             }
             Service::Edge | Service::EdgeB => {
+                let (guard, tls) =
+                    edge::guard::args::GuardArgs::parse_from(&self.settings.edge_args)
+                        .expect("valid edge flags")
+                        .into_config();
                 let config = edge::Config {
                     upstreams: edge::UpstreamConfig {
                         user_v1: self.url(Service::UserV1),
@@ -577,8 +590,10 @@ impl Stack {
                         .and_then(edge::AdminToken::new),
                     request_timeout: self.settings.request_timeout,
                     cluster: self.cluster_settings(),
+                    guard,
+                    tls,
                 };
-                let edge = edge::Edge::new(config).expect("an edge");
+                let edge = edge::Edge::new(config).await.expect("an edge");
                 tokio::spawn(
                     async move { edge.serve(listener, token).await.expect("the edge serves") },
                 )
@@ -668,6 +683,7 @@ impl Stack {
                 if let Some(cluster) = self.cluster_settings() {
                     command.args(["--cluster", &cluster.name, "--amqp", &cluster.amqp_url]);
                 }
+                command.args(&self.settings.edge_args);
             }
         }
         let part = self.part(service);
@@ -692,6 +708,17 @@ impl Stack {
                     async move {
                         (metric(&ops, "tandem_sync_connected").await == Some(1.0)).then_some(())
                     }
+                })
+                .await
+            }
+            Service::Edge | Service::EdgeB
+                if self.settings.edge_args.iter().any(|a| a == "--tls-cert") =>
+            {
+                // HTTPS with a certificate the test made: the port accepting is enough here;
+                // the test makes its own TLS client.
+                let addr = self.addr(service);
+                eventually(READY, "the edge to accept", || async move {
+                    tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
                 })
                 .await
             }

@@ -67,7 +67,20 @@ pub async fn serve(
                 .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::info_span!("rpc", path = %req.uri().path(), request_id = %request_id)
+            let span = tracing::info_span!(
+                "rpc",
+                path = %req.uri().path(),
+                request_id = %request_id,
+                subject = tracing::field::Empty
+            );
+            if let Some(subject) = req
+                .headers()
+                .get(tandem::AUTH_SUBJECT)
+                .and_then(|v| v.to_str().ok())
+            {
+                span.record("subject", subject);
+            }
+            span
         })
         .layer(RpcMetricsLayer::new(metrics, service_name))
         .add_routes(routes)
