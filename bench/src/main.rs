@@ -2,6 +2,7 @@
 //! to bench/REPORT.md and bench/report.json. Run it with scripts/bench, which builds the
 //! release binaries first.
 
+mod guard;
 mod load;
 mod migration;
 mod r1;
@@ -23,8 +24,13 @@ struct Args {
     /// Experiments to run: r1 (the edge's cost, also with the edge on a CPU of its own),
     /// r2 (sync lag), r3 (ApplyUserContact at 10k vs 1M orders), routes (every REST route
     /// under wrk), m1 (what shadow reads and the rollout analysis cost), soak (memory
-    /// over a long steady load, shadowing on).
-    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3,routes,m1,soak")]
+    /// over a long steady load, shadowing on), g1 (what JWT verification and rate
+    /// limiting cost).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "r1,r2,r3,routes,m1,g1,soak"
+    )]
     only: Vec<String>,
 
     /// Minutes of the soak (past 15, the edge holds its full 15 minutes of stats).
@@ -97,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             r3: None,
             routes: None,
             m1: None,
+            g1: None,
             soak: None,
             reruns: Vec::new(),
         },
@@ -148,6 +155,15 @@ async fn main() -> anyhow::Result<()> {
             rounds: args.rounds.max(2),
         };
         report.m1 = Some(migration::run(&settings).await?);
+    }
+    if args.only.iter().any(|e| e == "g1") {
+        let settings = guard::Settings {
+            concurrency: args.concurrency,
+            warmup: duration / 5,
+            duration,
+            rounds: args.rounds.max(2),
+        };
+        report.g1 = Some(guard::run(&settings).await?);
     }
     if args.only.iter().any(|e| e == "soak") {
         report.soak = Some(soak::run(args.soak_minutes, 300.0).await?);

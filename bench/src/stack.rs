@@ -27,6 +27,8 @@ pub struct Options {
     pub order_db: Option<PathBuf>,
     /// Pin the edge to one CPU and every other process (this one included) to another.
     pub pin: Option<Pinning>,
+    /// Flags of the edge's guard (`--jwks`, `--rate-limit`…).
+    pub edge_args: Vec<String>,
 }
 
 impl Options {
@@ -36,6 +38,7 @@ impl Options {
             sync: false,
             order_db: None,
             pin: None,
+            edge_args: Vec::new(),
         }
     }
 }
@@ -105,7 +108,14 @@ impl Stack {
             .p(options.p)
             .relays(true)
             .pin(options.pin)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .edge_args(
+                &options
+                    .edge_args
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            );
         if options.sync {
             builder = builder.with(Service::Worker);
         }
