@@ -604,3 +604,119 @@ async fn the_access_log_names_the_subject_and_scopes_and_never_holds_the_token()
         "the token leaked into the log"
     );
 }
+
+async fn ejection(http: &Http) -> Value {
+    http.with_token(ADMIN_TOKEN)
+        .get("/admin/routing")
+        .await
+        .json()["ejection"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_flavor_is_ejected_probed_and_taken_back_and_both_are_never_out() {
+    let mut stack = StackBuilder::edge()
+        .binary(Service::UserV1)
+        .binary(Service::UserV2)
+        .p(0)
+        .edge_args(&["--eject-after", "3", "--eject-base-seconds", "1"])
+        .start()
+        .await;
+    let http = stack.http();
+    let user = http.create_user(&unique_email("eject")).await;
+    let path = format!("/users/{user}");
+    assert_eq!(http.get(&path).await.served_by(), "user-svc-v2");
+
+    // v2 dies: its calls fail over to v1 (clients see no error) until it is ejected.
+    stack.kill(Service::UserV2).await;
+    for _ in 0..3 {
+        let reply = http.get(&path).await;
+        assert_eq!(
+            (reply.status, reply.served_by()),
+            (200, "user-svc-v1"),
+            "{}",
+            reply.text
+        );
+    }
+    let state = ejection(&http).await;
+    assert_eq!(state["v2"]["state"], "open", "{state}");
+    assert_eq!(state["v2"]["ejections"], 1);
+    let metrics = http.with_token(ADMIN_TOKEN).get("/metrics").await.text;
+    assert!(
+        metrics.contains("tandem_edge_upstream_ejected{upstream=\"user-svc-v2\"} 1"),
+        "{metrics}"
+    );
+    // Still dead when its probe goes: ejected again, for twice as long.
+    eventually(
+        Duration::from_secs(10),
+        "a failed probe and a second ejection",
+        || {
+            let http = http.clone();
+            let path = path.clone();
+            async move {
+                assert_eq!(http.get(&path).await.status, 200);
+                let state = ejection(&http).await;
+                (state["v2"]["ejections"] == 2).then_some(state)
+            }
+        },
+    )
+    .await;
+    let state = ejection(&http).await;
+    assert!(
+        state["v2"]["reopensInSeconds"].as_f64().unwrap() > 1.0,
+        "{state}"
+    );
+
+    // Never both: with v2 out, v1 failing too is not ejected (there would be nothing left).
+    stack.kill(Service::UserV1).await;
+    for _ in 0..5 {
+        assert_eq!(http.get(&path).await.status, 503);
+    }
+    assert_eq!(ejection(&http).await["v1"]["state"], "closed");
+    stack.start(Service::UserV1).await;
+
+    // v2 comes back: the next probe succeeds and it serves again.
+    stack.start(Service::UserV2).await;
+    eventually(Duration::from_secs(15), "v2 back in service", || {
+        let http = http.clone();
+        let path = path.clone();
+        async move {
+            let reply = http.get(&path).await;
+            (reply.status == 200 && reply.served_by() == "user-svc-v2").then_some(())
+        }
+    })
+    .await;
+    let state = ejection(&http).await;
+    assert_eq!(
+        (state["v2"]["state"].as_str(), state["v1"]["state"].as_str()),
+        (Some("closed"), Some("closed")),
+        "{state}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_order_service_answers_503_at_once_and_returns_after_a_probe() {
+    let mut stack = StackBuilder::edge()
+        .binary(Service::Orders)
+        .edge_args(&["--eject-after", "3", "--eject-base-seconds", "1"])
+        .start()
+        .await;
+    let http = stack.http();
+    assert_eq!(http.get("/orders?limit=1").await.status, 200);
+    stack.kill(Service::Orders).await;
+    for _ in 0..3 {
+        assert_eq!(http.get("/orders?limit=1").await.status, 503);
+    }
+    let refused = http.get("/orders?limit=1").await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.text.contains("unavailable"), "{}", refused.text);
+    assert_eq!(ejection(&http).await["orders"]["state"], "open");
+
+    stack.start(Service::Orders).await;
+    eventually(Duration::from_secs(15), "order-svc back in service", || {
+        let http = http.clone();
+        async move { (http.get("/orders?limit=1").await.status == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(ejection(&http).await["orders"]["state"], "closed");
+}

@@ -81,6 +81,12 @@ function chart(id, series, from, to, options = {}) {
 function drawDial(routing, rollout) {
   text("p", routing.P); text("mode", routing.mode); text("dial-rollout", routing.rollout);
   text("replica", `${rollout.replica}${rollout.leader ? " (leader)" : ""}`);
+  for (const name of ["v1", "v2", "orders"]) {
+    const b = (routing.ejection || {})[name] || {};
+    const left = b.reopensInSeconds == null ? "" : ` ${Math.ceil(b.reopensInSeconds)} s`;
+    text(`eject-${name}`, `${b.state || "–"}${left}`);
+    $(`eject-${name}`).classList.toggle("bad", b.state === "open" || b.state === "halfOpen");
+  }
   if (document.activeElement !== $("p-input")) $("p-input").value = routing.P;
   mark("dial");
 }

@@ -10,6 +10,7 @@
 //! control files are read first, so a bad file fails before any port is bound), then
 //! serve it.
 
+pub mod breaker;
 pub mod control;
 mod error;
 pub mod guard;
@@ -57,6 +58,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// HTTPS when set.
     pub tls: Option<TlsFiles>,
+    /// When an upstream that keeps failing is ejected, and for how long.
+    pub ejection: breaker::EjectionSettings,
 }
 
 /// How replicas of the edge find each other: through RabbitMQ, under a cluster name.
@@ -147,9 +150,14 @@ impl Edge {
             )),
             None => None,
         };
-        let upstreams =
-            Upstreams::new(&config.upstreams, metrics.clone(), control.recorder.clone())
-                .map_err(Error::Upstream)?;
+        let breakers = Arc::new(breaker::Breakers::new(config.ejection, &mut registry));
+        let upstreams = Upstreams::new(
+            &config.upstreams,
+            metrics.clone(),
+            control.recorder.clone(),
+            breakers,
+        )
+        .map_err(Error::Upstream)?;
         let state = Arc::new(Shared {
             upstreams,
             control,

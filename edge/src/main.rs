@@ -93,7 +93,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (guard, tls) = args.guard.into_config();
+    let protection = args.guard.into_config();
     let config = Config {
         upstreams: UpstreamConfig {
             user_v1: args.user_v1,
@@ -109,8 +109,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             amqp_url: args.amqp,
             name,
         }),
-        guard,
-        tls,
+        guard: protection.guard,
+        tls: protection.tls,
+        ejection: protection.ejection,
     };
     let edge = Edge::new(config).await?;
     let listener = Listeners::from_env().take_or_bind(0, args.listen).await?;

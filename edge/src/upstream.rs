@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tandem::domain::Flavor;
 use tandem::proto::user::v1 as pb;
 
+use crate::breaker::Breakers;
 use crate::control::stats::Recorder;
 use crate::metrics::{EdgeMetrics, slot};
 
@@ -64,6 +65,8 @@ pub struct Upstreams {
     metrics: EdgeMetrics,
     /// The traffic the migration analysis judges.
     recorder: Arc<Recorder>,
+    /// Ejection of an upstream that keeps failing.
+    pub breakers: Arc<Breakers>,
 }
 
 fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
@@ -84,6 +87,7 @@ impl Upstreams {
         config: &UpstreamConfig,
         metrics: EdgeMetrics,
         recorder: Arc<Recorder>,
+        breakers: Arc<Breakers>,
     ) -> Result<Self, String> {
         let v1 = channel(&config.user_v1, config.timeout)?;
         let v2 = channel(&config.user_v2, config.timeout)?;
@@ -102,6 +106,7 @@ impl Upstreams {
             timeout: config.timeout,
             metrics,
             recorder,
+            breakers,
         })
     }
 
@@ -138,8 +143,10 @@ impl Upstreams {
         F: Fn(UserServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        // An ejected flavor's calls go to the other one.
+        let (first, probe) = self.breakers.pick(first);
         let result = self
-            .call_flavor(first, context, message.clone(), &call)
+            .call_flavor(first, probe, context, message.clone(), &call)
             .await;
         match result {
             Err(status)
@@ -151,7 +158,9 @@ impl Upstreams {
                 tracing::warn!(from = first.as_str(), to = second.as_str(), error = %status.message(), "user flavor unreachable; failing over");
                 Served {
                     flavor: second,
-                    result: self.call_flavor(second, context, message, &call).await,
+                    result: self
+                        .call_flavor(second, false, context, message, &call)
+                        .await,
                 }
             }
             result => Served {
@@ -164,6 +173,7 @@ impl Upstreams {
     async fn call_flavor<Req, Resp, F, Fut>(
         &self,
         flavor: Flavor,
+        probe: bool,
         context: &Call,
         message: Req,
         call: &F,
@@ -182,6 +192,7 @@ impl Upstreams {
         self.metrics.flavor_call(flavor, result.is_ok(), elapsed);
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.recorder.call(flavor, code, elapsed);
+        self.breakers.record_flavor(flavor, code, probe);
         result
     }
 
@@ -194,6 +205,10 @@ impl Upstreams {
         request_id: &str,
         deadline: Duration,
     ) -> Result<pb::User, Status> {
+        // An ejected flavor is left alone, shadow reads included (a failed shadow).
+        if self.breakers.is_ejected(flavor) {
+            return Err(Status::unavailable("the flavor is ejected"));
+        }
         let mut client = self.users[slot(flavor)].clone();
         let mut request = tandem_serving::grpc::request_with_id(
             pb::GetUserRequest {
@@ -218,11 +233,20 @@ impl Upstreams {
         F: FnOnce(OrderServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        // Ejected: answer at once rather than wait out another deadline.
+        let probe = self.breakers.admit_orders().map_err(|wait| {
+            Status::unavailable(format!(
+                "order-svc is out of service after repeated failures; next try in {wait:.0} s"
+            ))
+        })?;
         let started = Instant::now();
-        call(self.orders.clone(), self.request(message, context))
+        let result = call(self.orders.clone(), self.request(message, context))
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|status| self.as_seen_by_clients(status, started))
+            .map_err(|status| self.as_seen_by_clients(status, started));
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.breakers.record_orders(code, probe);
+        result
     }
 
     /// What a failed call means for the edge's client. tonic reports failures of the call

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ADMIN_FAILURES, GuardConfig, JwksSource, JwtSettings, RateLimitSpec, TrustedProxies};
+use crate::breaker::EjectionSettings;
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +64,33 @@ pub struct GuardArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long = "tls-key", env = "EDGE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Consecutive faults (unreachable, 5xx-class) after which an upstream is ejected.
+    #[arg(long = "eject-after", env = "EDGE_EJECT_AFTER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+
+    /// The first ejection's length in seconds; each one in a row doubles it.
+    #[arg(
+        long = "eject-base-seconds",
+        env = "EDGE_EJECT_BASE_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub eject_base_seconds: f64,
+
+    /// The longest an ejection lasts, in seconds.
+    #[arg(
+        long = "eject-max-seconds",
+        env = "EDGE_EJECT_MAX_SECONDS",
+        default_value_t = 300.0
+    )]
+    pub eject_max_seconds: f64,
+}
+
+/// What the flags set, beyond the guard itself.
+pub struct Protection {
+    pub guard: GuardConfig,
+    pub tls: Option<TlsFiles>,
+    pub ejection: EjectionSettings,
 }
 
 /// For parsing the flags alone (tests starting an edge in their process).
@@ -85,7 +113,7 @@ impl GuardArgs {
         Only::try_parse_from(all).map(|only| only.args)
     }
 
-    pub fn into_config(self) -> (GuardConfig, Option<TlsFiles>) {
+    pub fn into_config(self) -> Protection {
         let guard = GuardConfig {
             jwt: self.jwks.map(|jwks| JwtSettings {
                 jwks,
@@ -102,6 +130,16 @@ impl GuardArgs {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         };
-        (guard, tls)
+        let seconds = |s: f64| Duration::from_secs_f64(s.clamp(0.0, 86_400.0));
+        let ejection = EjectionSettings {
+            after: self.eject_after,
+            base: seconds(self.eject_base_seconds),
+            max: seconds(self.eject_max_seconds).max(seconds(self.eject_base_seconds)),
+        };
+        Protection {
+            guard,
+            tls,
+            ejection,
+        }
     }
 }

@@ -85,6 +85,8 @@ pub struct RoutingView {
     flavors: FlavorsStats,
     /// The rollout's state (`idle` without one).
     rollout: rollout::State,
+    /// Each upstream's breaker: one that keeps failing is ejected for a while.
+    ejection: crate::breaker::EjectionView,
     /// Set when this change paused a rollout in progress (a manual change wins).
     #[serde(skip_serializing_if = "Option::is_none")]
     notice: Option<String>,
@@ -101,6 +103,7 @@ fn routing_view(state: &AppState, notice: Option<String>) -> RoutingView {
             v2: state.metrics.flavor_stats(Flavor::V2),
         },
         rollout: state.control.rollout().state,
+        ejection: state.upstreams.breakers.view(),
         notice,
     }
 }

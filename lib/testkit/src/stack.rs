@@ -570,10 +570,9 @@ impl Stack {
                 tokio::spawn(async move { worker.run(ops, token).await.expect("the worker runs") })
             }
             Service::Edge | Service::EdgeB => {
-                let (guard, tls) =
-                    edge::guard::args::GuardArgs::parse_from(&self.settings.edge_args)
-                        .expect("valid edge flags")
-                        .into_config();
+                let protection = edge::guard::args::GuardArgs::parse_from(&self.settings.edge_args)
+                    .expect("valid edge flags")
+                    .into_config();
                 let config = edge::Config {
                     upstreams: edge::UpstreamConfig {
                         user_v1: self.url(Service::UserV1),
@@ -590,8 +589,9 @@ impl Stack {
                         .and_then(edge::AdminToken::new),
                     request_timeout: self.settings.request_timeout,
                     cluster: self.cluster_settings(),
-                    guard,
-                    tls,
+                    guard: protection.guard,
+                    tls: protection.tls,
+                    ejection: protection.ejection,
                 };
                 let edge = edge::Edge::new(config).await.expect("an edge");
                 tokio::spawn(
