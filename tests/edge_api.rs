@@ -478,3 +478,62 @@ async fn health_metrics_and_request_ids() {
         metrics.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_is_continued_to_the_service_and_returned() {
+    // Each call's own line ("ok") is at debug level.
+    let stack = StackBuilder::edge()
+        .binary(Service::UserV1)
+        .env("RUST_LOG", "info,tandem_serving=debug")
+        .p(100)
+        .start()
+        .await;
+    let http = stack.http();
+    let id = http.create_user(&unique_email("trace")).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let reply = http
+        .send(
+            http.request(Method::GET, &format!("/users/{id}"))
+                .header("traceparent", &sent),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let back = reply.header("traceparent").unwrap().to_owned();
+    let parts: Vec<&str> = back.split('-').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", trace_id, "01"),
+        "{back}"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the edge answers with a span of its own"
+    );
+    // The service's log line of that call carries the same trace id.
+    let v1 = stack.proc(Service::UserV1);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the trace id in user-svc's log",
+        || async { v1.output().contains(trace_id).then_some(()) },
+    )
+    .await;
+
+    // No traceparent, or a broken one: a new trace, still answered.
+    for header in [
+        None,
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+    ] {
+        let mut request = http.request(Method::GET, &format!("/users/{id}"));
+        if let Some(h) = header {
+            request = request.header("traceparent", h);
+        }
+        let reply = http.send(request).await;
+        let fresh = reply.header("traceparent").unwrap();
+        assert_eq!(fresh.len(), 55, "{fresh}");
+        assert!(
+            !fresh.contains("00000000000000000000000000000000"),
+            "{fresh}"
+        );
+    }
+}

@@ -141,8 +141,12 @@ struct Rollback {
 
 /// Starts `plan` under steady reads, and once its first step has passed makes the Python
 /// v2 behave as `bad` says; waits for the rollback.
-async fn rollback_when_v2_turns(bad: Value, plan: Value) -> Rollback {
-    let stack = StackBuilder::edge().python_v2().start().await;
+async fn rollback_when_v2_turns(bad: Value, plan: Value, edge_args: &[&str]) -> Rollback {
+    let stack = StackBuilder::edge()
+        .python_v2()
+        .edge_args(edge_args)
+        .start()
+        .await;
     let http = stack.http();
     let ids = users(&http, 100).await;
     let load = Load::start(&http, &ids, 4);
@@ -194,6 +198,7 @@ async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
         json!({"errorRate": 0.5}),
         json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxErrorRate": 0.05,
                 "maxP99Ms": 1000, "minRequests": 10, "failureThreshold": 2}),
+        &[],
     )
     .await;
     // intervalSeconds × failureThreshold + one interval.
@@ -223,6 +228,29 @@ async fn v2_turning_bad_mid_rollout_rolls_back_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_v2_fails_the_rollouts_checks_instead_of_hiding_from_them() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Every v2 call fails: the edge ejects v2 after 3 (for longer than the test), so v2
+    // gets no calls at all. The calls meant for it still count against it.
+    let Rollback { took, last, .. } = rollback_when_v2_turns(
+        json!({"errorRate": 1.0}),
+        json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxErrorRate": 0.05,
+                "maxP99Ms": 1000, "minRequests": 10, "failureThreshold": 2}),
+        &["--eject-after", "3", "--eject-base-seconds", "120"],
+    )
+    .await;
+    assert!(
+        took <= Duration::from_secs(6),
+        "rolled back {took:?} after v2 turned bad"
+    );
+    assert!(
+        last["reason"].as_str().unwrap().contains("errorRate"),
+        "{last}"
+    );
+    assert!(last["v2"]["requests"].as_u64().unwrap() >= 10, "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_hanging_mid_rollout_rolls_back_though_its_calls_dwindle() {
     let _one = ONE_AT_A_TIME.lock().await;
     // v2 hangs: every call takes 1.5 s, so the clients stuck on it send it only a few
@@ -231,6 +259,7 @@ async fn v2_hanging_mid_rollout_rolls_back_though_its_calls_dwindle() {
         json!({"latencyMs": 1500}),
         json!({"steps": [90, 75, 50, 25, 10, 0], "intervalSeconds": 2, "maxP99Ms": 1000,
                 "minRequests": 20, "failureThreshold": 2}),
+        &[],
     )
     .await;
     // intervalSeconds × failureThreshold + one interval, + the 1.5 s before the first

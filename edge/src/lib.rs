@@ -20,6 +20,7 @@ mod routes;
 pub mod routing;
 mod server;
 pub mod tls;
+pub mod trace;
 mod upstream;
 
 use std::path::PathBuf;

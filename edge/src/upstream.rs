@@ -47,6 +47,8 @@ pub enum Retry {
 pub struct Call {
     pub request_id: String,
     pub caller: crate::guard::Caller,
+    /// The request's trace, continued by the services.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// A user call's outcome and the flavor that produced it.
@@ -112,6 +114,15 @@ impl Upstreams {
 
     fn request<T>(&self, message: T, call: &Call) -> tonic::Request<T> {
         let mut request = tandem_serving::grpc::request_with_id(message, &call.request_id);
+        if let Some(trace) = &call.trace {
+            let metadata = request.metadata_mut();
+            if let Ok(value) = trace.traceparent().parse() {
+                metadata.insert(crate::trace::TRACEPARENT, value);
+            }
+            if let Some(Ok(value)) = trace.tracestate.as_deref().map(str::parse) {
+                metadata.insert(crate::trace::TRACESTATE, value);
+            }
+        }
         if let Some(principal) = &call.caller.0 {
             let metadata = request.metadata_mut();
             if let Ok(subject) = principal.subject.parse() {
@@ -143,8 +154,15 @@ impl Upstreams {
         F: Fn(UserServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        // An ejected flavor's calls go to the other one.
-        let (first, probe) = self.breakers.pick(first);
+        // An ejected flavor's calls go to the other one. For the migration analysis
+        // the call still counts against the flavor it was meant for, as a fault: an
+        // ejected v2 must fail the rollout's checks, not hide from them behind a window
+        // with no calls.
+        let wanted = first;
+        let (first, probe) = self.breakers.pick(wanted);
+        if first != wanted {
+            self.recorder.ejected_call(wanted);
+        }
         let result = self
             .call_flavor(first, probe, context, message.clone(), &call)
             .await;

@@ -254,6 +254,14 @@ impl Recorder {
         f.latency[bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A call meant for `flavor` that the edge did not make, the flavor being ejected: a
+    /// fault of the flavor with no latency to record.
+    pub fn ejected_call(&self, flavor: Flavor) {
+        let f = &self.flavors[crate::metrics::slot(flavor)];
+        f.requests.fetch_add(1, Ordering::Relaxed);
+        f.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Adds shadow results.
     pub fn shadow(&self, counts: ShadowCounts) {
         let mut shadow = self.shadow.lock().unwrap_or_else(|p| p.into_inner());

@@ -237,4 +237,24 @@ mod tests {
         // Another client has its own bucket.
         assert!(limiter.check(&ClientKey::Subject("bob".into())).allowed);
     }
+
+    #[test]
+    fn idle_clients_are_forgotten_once_their_buckets_are_full_again() {
+        // One cell per millisecond: a bucket is full again 1 ms after its last use.
+        let limiter = ClientLimiter::new("1000/s,burst=1".parse().unwrap());
+        for i in 0..100u8 {
+            limiter.check(&ClientKey::Address(IpAddr::from([10, 0, 0, i])));
+        }
+        assert!(limiter.sweep() <= 100);
+        // Poll (with a deadline) until the refill has happened; then none is left.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while limiter.sweep() > 0 {
+            assert!(Instant::now() < deadline, "idle buckets were never dropped");
+            std::thread::yield_now();
+        }
+        // A client still inside its window is kept.
+        let slow = ClientLimiter::new("1/m,burst=1".parse().unwrap());
+        slow.check(&ClientKey::Subject("alice".into()));
+        assert_eq!(slow.sweep(), 1);
+    }
 }

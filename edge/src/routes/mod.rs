@@ -26,6 +26,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::guard::Caller;
+use crate::trace::TraceContext;
 use crate::upstream::Call;
 
 #[derive(OpenApi)]
@@ -178,6 +179,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Call {
                 .get::<Caller>()
                 .cloned()
                 .unwrap_or_default(),
+            trace: parts.extensions.get::<TraceContext>().cloned(),
         })
     }
 }
@@ -209,11 +211,16 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
+    let trace = TraceContext::from_headers(request.headers());
+    let traceparent = trace.traceparent();
+    let trace_id = trace.trace_id_hex();
+    request.extensions_mut().insert(trace);
     let span = tracing::info_span!(
         "http",
         %method,
         %path,
         request_id = %request_id,
+        trace_id = %trace_id,
         // Filled in by the guard for a verified token (never the token itself).
         subject = tracing::field::Empty,
         scopes = tracing::field::Empty
@@ -236,6 +243,11 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
         response
             .headers_mut()
             .insert(tandem_serving::grpc::REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        response
+            .headers_mut()
+            .insert(crate::trace::TRACEPARENT, value);
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

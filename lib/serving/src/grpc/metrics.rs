@@ -188,6 +188,11 @@ where
             started: Instant::now(),
             metrics: self.layer.metrics.clone(),
             done: false,
+            request_id: header(&request, tandem::REQUEST_ID).map(str::to_owned),
+            // W3C traceparent: 00-<trace id>-<parent span>-<flags>.
+            trace_id: header(&request, "traceparent")
+                .and_then(|v| v.get(3..35))
+                .map(str::to_owned),
         });
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -210,16 +215,30 @@ where
 }
 
 /// A call being observed, until its status is known.
+fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 struct Call {
     method: &'static str,
     started: Instant,
     metrics: RpcMetrics,
     done: bool,
+    /// The call's request id and trace id, for the line logged when it ends (after its
+    /// body, outside the handler's span).
+    request_id: Option<String>,
+    trace_id: Option<String>,
 }
 
 impl Call {
     fn finish(&mut self, code: Code, message: &str) {
         self.done = true;
+        let span = tracing::info_span!(
+            "rpc",
+            request_id = self.request_id.as_deref().unwrap_or("-"),
+            trace_id = self.trace_id.as_deref().unwrap_or("-"),
+        );
+        let _in_span = span.enter();
         self.metrics
             .observe(self.method, self.started, code, message);
     }
