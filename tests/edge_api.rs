@@ -448,7 +448,7 @@ async fn health_metrics_and_request_ids() {
     assert!(
         events
             .iter()
-            .any(|e| e.request_id.as_deref() == Some("rid-travels-9")),
+            .any(|e| e.origin.request_id.as_deref() == Some("rid-travels-9")),
         "{events:?}"
     );
 

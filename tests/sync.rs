@@ -62,7 +62,11 @@ async fn publish_to(
             "user.updated".into(),
             BasicPublishOptions::default(),
             body,
-            tandem_messaging::amqp::event_properties(message_id, request_id, "test"),
+            tandem_messaging::amqp::event_properties(
+                message_id,
+                &tandem_messaging::EventOrigin::request(request_id),
+                "test",
+            ),
         )
         .await
         .unwrap()
@@ -560,7 +564,11 @@ async fn a_publish_to_a_broker_gone_silent_gives_up_within_its_timeout() {
         &topology.exchange,
         tandem_messaging::USER_UPDATED,
         b"{}",
-        tandem_messaging::amqp::event_properties("silent-1", None, "test"),
+        tandem_messaging::amqp::event_properties(
+            "silent-1",
+            &tandem_messaging::EventOrigin::default(),
+            "test",
+        ),
         Duration::from_secs(1),
     )
     .await;
@@ -731,4 +739,73 @@ async fn rabbitmq_stopped_and_restarted_loses_nothing() {
     rabbitmqctl("start_app");
     stack.wait_converged(&expected, CONVERGE).await;
     println!("RabbitMQ stopped for 20 updates and started again: all applied; lost updates: 0");
+}
+
+/// One trace id from the REST call to the order row: the edge's access line, user-svc's
+/// UpdateUserContact, the relay's publish, the worker's apply and order-svc's
+/// ApplyUserContact all name it (read from each process's own log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_put_is_one_trace_through_the_outbox_the_broker_and_the_worker() {
+    let stack = StackBuilder::sync()
+        .with(Service::Edge)
+        .binary(Service::Edge)
+        .with(Service::UserV2)
+        .p(100)
+        .env("RUST_LOG", "info,tandem_serving=debug,user_svc=debug")
+        .start()
+        .await;
+    let http = stack.http();
+    let email = unique_email("trace");
+    let user = http.create_user(&email).await;
+    let order = http.post("/orders", &order_body(&user, &email)).await;
+    assert_eq!(order.status, 201, "{}", order.text);
+    let order_id = order.json()["order"]["orderId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let put = http
+        .send(
+            http.request(reqwest::Method::PUT, &format!("/users/{user}"))
+                .header("content-type", "application/json")
+                .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+                .body(
+                    serde_json::json!({"deliveryAddress": address_json("7 Trace St")}).to_string(),
+                ),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    assert!(put.header("traceparent").unwrap().contains(&trace_id));
+    // The order converges (the worker applied the event)…
+    eventually(
+        Duration::from_secs(10),
+        "the order to follow the user",
+        || {
+            let (http, order_id) = (http.clone(), order_id.clone());
+            async move {
+                let order = http.get(&format!("/orders/{order_id}")).await.json();
+                (order["order"]["deliveryAddress"]["street"] == "7 Trace St").then_some(())
+            }
+        },
+    )
+    .await;
+    // …and every hop logged the trace.
+    let hops = [
+        (Service::Edge, "answered"),
+        (Service::UserV1, "UpdateUserContact"),
+        (Service::UserV1, "event published"),
+        (Service::Worker, "event applied"),
+        (Service::Orders, "ApplyUserContact"),
+    ];
+    for (service, line) in hops {
+        let proc = stack.proc(service);
+        eventually(Duration::from_secs(5), line, || async {
+            proc.output()
+                .lines()
+                .any(|l| l.contains(&trace_id) && l.contains(line))
+                .then_some(())
+        })
+        .await;
+    }
 }

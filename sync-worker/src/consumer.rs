@@ -176,7 +176,10 @@ async fn handle(
     }
     // An event from an old or foreign producer may carry no request id: give its handling
     // a fresh one, so its log lines and the ApplyUserContact call can still be followed.
-    let request_id = messaging::header(&delivery.properties, tandem::REQUEST_ID)
+    let origin = messaging::EventOrigin::of_message(&delivery.properties);
+    let request_id = origin
+        .request_id
+        .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let message_id = delivery
         .properties
@@ -188,6 +191,7 @@ async fn handle(
         "event",
         event_id = %message_id,
         request_id = %request_id,
+        trace_id = origin.trace_id().unwrap_or("-"),
         redelivered = delivery.redelivered
     );
     async {
@@ -196,7 +200,7 @@ async fn handle(
             Err(reason) => return dead_letter(ctx, dead_letters, &delivery, &reason).await,
         };
         let applied = tokio::select! {
-            result = apply(ctx, &update, &request_id) => result,
+            result = apply(ctx, &update, &request_id, &origin) => result,
             _ = abandon.cancelled() => {
                 ctx.metrics.requeued.inc();
                 let requeue = BasicNackOptions { requeue: true, multiple: false };
@@ -261,6 +265,7 @@ async fn apply(
     ctx: &Context,
     update: &UserUpdated,
     request_id: &str,
+    origin: &messaging::EventOrigin,
 ) -> Result<(u64, u64), ApplyFailure> {
     let contact = &update.contact;
     let request = ApplyUserContactRequest {
@@ -272,6 +277,16 @@ async fn apply(
     let attempt = || {
         let mut client = ctx.orders.clone();
         let mut call = tandem_serving::grpc::request_with_id(request.clone(), request_id);
+        // The trace goes on to order-svc. (The worker adds no span of its own to the
+        // context: the next hop's parent is the span that wrote the event.)
+        for (name, value) in [
+            (messaging::TRACEPARENT, &origin.traceparent),
+            (messaging::TRACESTATE, &origin.tracestate),
+        ] {
+            if let Some(Ok(value)) = value.as_deref().map(str::parse) {
+                call.metadata_mut().insert(name, value);
+            }
+        }
         call.set_timeout(ctx.config.apply_timeout);
         async move { client.apply_user_contact(call).await }
     };

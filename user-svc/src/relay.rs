@@ -294,7 +294,7 @@ impl Relay {
                 .await
                 .map_err(|e| Failure::Store(e.to_string()))?;
             for e in &confirmed {
-                tracing::debug!(event_id = %e.event_id, user_id = %e.user_id, version = e.version, request_id = e.request_id.as_deref().unwrap_or("-"), "event published");
+                tracing::debug!(event_id = %e.event_id, user_id = %e.user_id, version = e.version, request_id = e.origin.request_id.as_deref().unwrap_or("-"), trace_id = e.origin.trace_id().unwrap_or("-"), "event published");
             }
         }
         if !failed_ids.is_empty() {
@@ -325,11 +325,8 @@ impl Relay {
                 failed.push(event);
                 continue;
             }
-            let properties = messaging::event_properties(
-                &event.event_id,
-                event.request_id.as_deref(),
-                &self.app_id,
-            );
+            let properties =
+                messaging::event_properties(&event.event_id, &event.origin, &self.app_id);
             // mandatory: an event no queue would take comes back rather than vanishing.
             let options = BasicPublishOptions {
                 mandatory: true,

@@ -13,6 +13,8 @@ use tandem::proto::user::v1::{
     UpdateUserContactRequest, UpdateUserContactResponse,
 };
 use tandem_serving::grpc::request_id;
+
+use crate::store::EventOrigin;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
@@ -95,7 +97,7 @@ impl UserApi {
     async fn update_contact(
         &self,
         request: UpdateUserContactRequest,
-        request_id: Option<String>,
+        origin: EventOrigin,
     ) -> Result<UpdateUserContactResponse, UserError> {
         let mut violations = Violations::new();
         let user_id = violations.check("user_id", UserId::parse(&request.user_id));
@@ -112,7 +114,7 @@ impl UserApi {
         let stamp = self.flavor.stamps_changes().then(tandem::domain::now);
         let user = self
             .store
-            .update_contact(user_id, &change, stamp, request_id)
+            .update_contact(user_id, &change, stamp, origin)
             .await
             .map_err(|e| UserError::from_store(e, user_id, change.emails.as_ref()))?;
         self.outbox_written.notify_one();
@@ -143,10 +145,24 @@ impl UserService for UserApi {
         &self,
         request: Request<UpdateUserContactRequest>,
     ) -> Result<Response<UpdateUserContactResponse>, Status> {
-        let request_id = request_id(&request);
+        let origin = EventOrigin {
+            request_id: request_id(&request),
+            traceparent: trace_header(&request, tandem_messaging::amqp::TRACEPARENT),
+            tracestate: trace_header(&request, tandem_messaging::amqp::TRACESTATE),
+        };
         Ok(Response::new(
-            self.update_contact(request.into_inner(), request_id)
-                .await?,
+            self.update_contact(request.into_inner(), origin).await?,
         ))
     }
+}
+
+/// A trace-context header of the call, kept for the event when it is short and plain
+/// (W3C: traceparent is 55 characters, tracestate at most 512).
+fn trace_header<T>(request: &Request<T>, name: &str) -> Option<String> {
+    request
+        .metadata()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 512 && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .map(str::to_owned)
 }

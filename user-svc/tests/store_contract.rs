@@ -32,7 +32,10 @@ fn change(list: Option<&[&str]>, street: Option<&str>) -> ContactChange {
     }
 }
 
-/// Applies a change made by request "req-1", stamped at `stamp` (as v2 does) or not.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Applies a change made by request "req-1" in trace TRACEPARENT, stamped at `stamp`
+/// (as v2 does) or not.
 async fn update(
     store: &dyn UserStore,
     user_id: UserId,
@@ -40,7 +43,16 @@ async fn update(
     stamp: Option<DateTime<Utc>>,
 ) -> Result<User, StoreError> {
     store
-        .update_contact(user_id, change, stamp, Some("req-1".into()))
+        .update_contact(
+            user_id,
+            change,
+            stamp,
+            user_svc::store::EventOrigin {
+                request_id: Some("req-1".into()),
+                traceparent: Some(TRACEPARENT.into()),
+                tracestate: Some("vendor=1".into()),
+            },
+        )
         .await
 }
 
@@ -138,7 +150,9 @@ async fn contact_change_bumps_version_and_records_event(store: Arc<dyn UserStore
     assert_eq!(body.version, 2);
     assert_eq!(body.emails, emails(&["b@x.io", "c@x.io"]));
     assert_eq!(body.delivery_address.street(), "99 Park Ave");
-    assert_eq!(events[0].request_id.as_deref(), Some("req-1"));
+    assert_eq!(events[0].origin.request_id.as_deref(), Some("req-1"));
+    assert_eq!(events[0].origin.traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(events[0].origin.tracestate.as_deref(), Some("vendor=1"));
     assert_eq!(events[0].event_id, event.event_id);
 
     // The old address is free again; the new ones are taken.

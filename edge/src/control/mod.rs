@@ -122,6 +122,9 @@ pub struct Control {
     totals: Mutex<ShadowTotals>,
     rollout: Mutex<Rollout>,
     version: Mutex<Version>,
+    /// The last routing files this edge wrote (version, dial): a read of one of them that
+    /// arrives after a newer state is this edge's own stale write, not an operator's edit.
+    written: Mutex<VecDeque<(String, RoutingConfig)>>,
     /// Serializes changes: each is read, edited, saved and announced before the next.
     changes: tokio::sync::Mutex<()>,
     state_file: PathBuf,
@@ -168,6 +171,7 @@ impl Control {
             totals: Mutex::default(),
             rollout: Mutex::new(rollout),
             version: Mutex::new(saved.version),
+            written: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
             state_file,
             replica: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
@@ -275,6 +279,11 @@ impl Control {
                 .set(snapshot.dial, &version)
                 .await
                 .map_err(ChangeError::Save)?;
+            let mut written = lock(&self.written);
+            if written.len() == 16 {
+                written.pop_front();
+            }
+            written.push_back((version.clone(), snapshot.dial));
         }
         let saved = Saved {
             version: snapshot.version.clone(),
@@ -393,6 +402,14 @@ impl Control {
         if written_by_edge {
             // Its announcement carries the rest of the state; follow its dial meanwhile.
             self.routing.store(config);
+            return;
+        }
+        // This edge's own write, read only after a newer state came in: old news.
+        if let Some(v) = &version
+            && lock(&self.written)
+                .iter()
+                .any(|(w, dial)| w == v && *dial == config)
+        {
             return;
         }
         if config == self.dial() && version.is_some() {
@@ -519,5 +536,43 @@ mod tests {
         newer.dial.p = 25;
         again.adopt(newer).await;
         assert_eq!(again.dial().p, 25);
+    }
+
+    #[tokio::test]
+    async fn a_late_read_of_its_own_write_is_not_taken_for_an_operators_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routing.json");
+        let control = Control::load(&file, &mut Registry::default()).unwrap();
+        control
+            .change(|d| {
+                d.dial.p = 40;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let own = control.snapshot().version.to_string();
+        // Another replica's P = 70 arrives before the file watcher read the 40.
+        let mut newer = control.snapshot();
+        newer.version.millis += 10;
+        newer.version.replica = "other".into();
+        newer.dial.p = 70;
+        control.adopt(newer).await;
+        let forty = RoutingConfig {
+            p: 40,
+            ..control.dial()
+        };
+        control.file_changed(forty, Some(own)).await;
+        assert_eq!(control.dial().p, 70, "the stale read must not win");
+        // An operator's edit (no version) still does.
+        control
+            .file_changed(
+                RoutingConfig {
+                    p: 10,
+                    ..control.dial()
+                },
+                None,
+            )
+            .await;
+        assert_eq!(control.dial().p, 10);
     }
 }

@@ -286,12 +286,55 @@ pub async fn lost(connection: &Connection) -> String {
     }
 }
 
+/// Where an event comes from: the request that caused the change, and its W3C trace
+/// context, carried from the gRPC call through the outbox onto the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventOrigin {
+    pub request_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// The W3C header names, in gRPC metadata and AMQP headers alike.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+impl EventOrigin {
+    /// Just a request id (events made by tools and tests).
+    pub fn request(request_id: Option<&str>) -> EventOrigin {
+        EventOrigin {
+            request_id: request_id.map(str::to_owned),
+            ..EventOrigin::default()
+        }
+    }
+
+    /// The origin a message's headers name.
+    pub fn of_message(properties: &BasicProperties) -> EventOrigin {
+        EventOrigin {
+            request_id: header(properties, tandem::REQUEST_ID),
+            traceparent: header(properties, TRACEPARENT),
+            tracestate: header(properties, TRACESTATE),
+        }
+    }
+
+    /// The trace id of `traceparent` (`00-<trace id>-<span>-<flags>`).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(|t| t.get(3..35))
+    }
+}
+
 /// The properties of a `user.updated` message: persistent, JSON, typed, with the event
-/// id as message id and the request id of the change in the headers.
-pub fn event_properties(event_id: &str, request_id: Option<&str>, app_id: &str) -> BasicProperties {
+/// id as message id and the request id and trace context of the change in the headers.
+pub fn event_properties(event_id: &str, origin: &EventOrigin, app_id: &str) -> BasicProperties {
     let mut headers = FieldTable::default();
-    if let Some(id) = request_id {
-        headers.insert(tandem::REQUEST_ID.into(), AMQPValue::LongString(id.into()));
+    for (name, value) in [
+        (tandem::REQUEST_ID, &origin.request_id),
+        (TRACEPARENT, &origin.traceparent),
+        (TRACESTATE, &origin.tracestate),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+        }
     }
     BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
@@ -398,9 +441,17 @@ mod tests {
 
     #[test]
     fn event_messages_carry_their_ids() {
-        let p = event_properties("e-1", Some("r-1"), "user-svc-v2");
+        let origin = EventOrigin {
+            request_id: Some("r-1".into()),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+        };
+        let p = event_properties("e-1", &origin, "user-svc-v2");
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("e-1"));
         assert_eq!(p.delivery_mode(), &Some(2));
         assert_eq!(header(&p, "x-request-id").as_deref(), Some("r-1"));
+        let back = EventOrigin::of_message(&p);
+        assert_eq!(back, origin);
+        assert_eq!(back.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 }

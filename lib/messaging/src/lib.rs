@@ -4,5 +4,5 @@
 pub mod amqp;
 pub mod event;
 
-pub use amqp::{DEFAULT_AMQP_URL, Topology};
+pub use amqp::{DEFAULT_AMQP_URL, EventOrigin, Topology};
 pub use event::{USER_UPDATED, UserUpdated};

@@ -7,6 +7,7 @@ mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
+pub use tandem_messaging::EventOrigin;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -41,7 +42,8 @@ pub struct OutboxEvent {
     pub version: i64,
     /// The message body, final: the relay publishes it byte for byte.
     pub payload: String,
-    pub request_id: Option<String>,
+    /// The request and trace that caused it, for the message's headers.
+    pub origin: EventOrigin,
     pub created_at: DateTime<Utc>,
     /// How many times a relay has claimed it (1 on the first claim).
     pub attempts: i64,
@@ -49,14 +51,14 @@ pub struct OutboxEvent {
 
 impl OutboxEvent {
     /// The event recording `user`'s contact as it is after a change.
-    pub fn for_user(user: &User, occurred_at: DateTime<Utc>, request_id: Option<String>) -> Self {
+    pub fn for_user(user: &User, occurred_at: DateTime<Utc>, origin: EventOrigin) -> Self {
         let body = UserUpdated::new(user.contact(), occurred_at);
         Self {
             event_id: body.event_id.clone(),
             user_id: user.user_id.to_string(),
             version: user.contact_version,
             payload: body.to_json(),
-            request_id,
+            origin,
             created_at: occurred_at,
             attempts: 0,
         }
@@ -77,14 +79,14 @@ pub trait UserStore: Send + Sync + 'static {
     async fn get_user(&self, user_id: UserId) -> Result<Option<User>, StoreError>;
 
     /// Applies `change` to the user, increments the contact version, sets `updated_at` to
-    /// `stamp` when given, and records the `user.updated` event (with the id of the
-    /// request that caused it), all in one atomic write; returns the user as changed.
+    /// `stamp` when given, and records the `user.updated` event (with the request id and
+    /// trace context that caused it), all in one atomic write; returns the user as changed.
     async fn update_contact(
         &self,
         user_id: UserId,
         change: &ContactChange,
         stamp: Option<DateTime<Utc>>,
-        request_id: Option<String>,
+        origin: EventOrigin,
     ) -> Result<User, StoreError>;
 
     /// Leases up to `limit` unpublished events, oldest first, to `owner` for `lease`.

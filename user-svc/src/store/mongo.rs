@@ -18,7 +18,7 @@ use tandem_storage::mongo::{
     ensure_collection, from_bson_date, integer,
 };
 
-use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
+use super::{EventOrigin, OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
 use crate::model::User;
 
 pub struct MongoUserStore {
@@ -236,8 +236,14 @@ fn outbox_doc(e: &OutboxEvent) -> Document {
         "leaseUntil": BsonDateTime::from_millis(0),
         "attempts": 0_i64,
     };
-    if let Some(id) = &e.request_id {
-        d.insert("requestId", id);
+    for (key, value) in [
+        ("requestId", &e.origin.request_id),
+        ("traceparent", &e.origin.traceparent),
+        ("tracestate", &e.origin.tracestate),
+    ] {
+        if let Some(value) = value {
+            d.insert(key, value);
+        }
     }
     d
 }
@@ -254,7 +260,11 @@ fn outbox_from_doc(d: &Document) -> Result<OutboxEvent, StoreError> {
         version: integer(d.get("version"))
             .ok_or_else(|| corrupt("outbox event", "version is not an integer"))?,
         payload: text("payload")?,
-        request_id: d.get_str("requestId").ok().map(str::to_owned),
+        origin: EventOrigin {
+            request_id: d.get_str("requestId").ok().map(str::to_owned),
+            traceparent: d.get_str("traceparent").ok().map(str::to_owned),
+            tracestate: d.get_str("tracestate").ok().map(str::to_owned),
+        },
         created_at: d
             .get_datetime("createdAt")
             .ok()
@@ -273,7 +283,7 @@ struct TxContext {
     user_id: UserId,
     change: ContactChange,
     stamp: Option<DateTime<Utc>>,
-    request_id: Option<String>,
+    origin: EventOrigin,
 }
 
 async fn write_contact_change(
@@ -286,7 +296,7 @@ async fn write_contact_change(
         user_id,
         change,
         stamp,
-        request_id,
+        origin,
     } = context;
     let id = user_id.to_string();
     let current = users
@@ -319,7 +329,7 @@ async fn write_contact_change(
             "the user changed concurrently; try again".into(),
         )));
     }
-    let event = OutboxEvent::for_user(&user, tandem::domain::now(), request_id.clone());
+    let event = OutboxEvent::for_user(&user, tandem::domain::now(), origin.clone());
     outbox
         .insert_one(outbox_doc(&event))
         .session(&mut *session)
@@ -353,7 +363,7 @@ impl UserStore for MongoUserStore {
         user_id: UserId,
         change: &ContactChange,
         stamp: Option<DateTime<Utc>>,
-        request_id: Option<String>,
+        origin: EventOrigin,
     ) -> Result<User, StoreError> {
         let run_transaction = || async {
             let mut session = self.client.start_session().await?;
@@ -363,7 +373,7 @@ impl UserStore for MongoUserStore {
                 user_id,
                 change: change.clone(),
                 stamp,
-                request_id: request_id.clone(),
+                origin: origin.clone(),
             };
             session
                 .start_transaction()

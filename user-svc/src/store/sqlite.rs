@@ -11,10 +11,11 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tandem::domain::{Address, ContactChange, EmailList, UserId};
 use tandem_storage::sqlite::{self, Database, SqliteError, is_unique_violation};
 
-use super::{OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
+use super::{EventOrigin, OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
 use crate::model::User;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     user_id         TEXT PRIMARY KEY NOT NULL,
     first_name      TEXT,
@@ -54,7 +55,13 @@ CREATE TABLE outbox (
     attempts    INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX outbox_due ON outbox (lease_until, seq);
-"#];
+"#,
+    r#"
+-- The W3C trace context of the change, for the message's headers.
+ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+ALTER TABLE outbox ADD COLUMN tracestate TEXT;
+"#,
+];
 
 pub struct SqliteUserStore {
     db: Database,
@@ -160,7 +167,11 @@ fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxEvent> {
         user_id: row.get(1)?,
         version: row.get(2)?,
         payload: row.get(3)?,
-        request_id: row.get(4)?,
+        origin: EventOrigin {
+            request_id: row.get(4)?,
+            traceparent: row.get(8)?,
+            tracestate: row.get(9)?,
+        },
         created_at: from_millis(row.get(5)?).unwrap_or_default(),
         attempts: row.get(6)?,
     })
@@ -213,7 +224,7 @@ impl UserStore for SqliteUserStore {
         user_id: UserId,
         change: &ContactChange,
         stamp: Option<DateTime<Utc>>,
-        request_id: Option<String>,
+        origin: EventOrigin,
     ) -> Result<User, StoreError> {
         let change = change.clone();
         self.db
@@ -244,17 +255,19 @@ impl UserStore for SqliteUserStore {
                         user.updated_at.map(millis),
                     ],
                 )?;
-                let event = OutboxEvent::for_user(&user, tandem::domain::now(), request_id);
+                let event = OutboxEvent::for_user(&user, tandem::domain::now(), origin);
                 tx.execute(
-                "INSERT INTO outbox (event_id, user_id, version, payload, request_id, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO outbox (event_id, user_id, version, payload, request_id, created_at, \
+                 traceparent, tracestate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     event.event_id,
                     event.user_id,
                     event.version,
                     event.payload,
-                    event.request_id,
+                    event.origin.request_id,
                     millis(event.created_at),
+                    event.origin.traceparent,
+                    event.origin.tracestate,
                 ],
             )?;
                 tx.commit()?;
@@ -287,7 +300,8 @@ impl UserStore for SqliteUserStore {
                 let mut claim = tx.prepare_cached(
                     "UPDATE outbox SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1 \
                      WHERE seq IN (SELECT seq FROM outbox WHERE lease_until <= ?3 ORDER BY seq LIMIT ?4) \
-                     RETURNING event_id, user_id, version, payload, request_id, created_at, attempts, seq",
+                     RETURNING event_id, user_id, version, payload, request_id, created_at, attempts, seq, \
+                     traceparent, tracestate",
                 )?;
                 let mut rows: Vec<(i64, OutboxEvent)> = claim
                     .query_map(
