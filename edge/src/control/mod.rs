@@ -395,25 +395,30 @@ impl Control {
     /// A change of the routing file: an operator's edit wins over a rollout (which it
     /// pauses); another replica's write (a newer version) is its change arriving early.
     async fn file_changed(&self, config: RoutingConfig, version: Option<String>) {
-        let written_by_edge = version
-            .as_deref()
-            .and_then(|v| v.parse::<Version>().ok())
-            .is_some_and(|v| v >= *lock(&self.version));
-        if written_by_edge {
-            // Its announcement carries the rest of the state; follow its dial meanwhile.
-            self.routing.store(config);
-            return;
-        }
-        // This edge's own write, read only after a newer state came in: old news.
-        if let Some(v) = &version
-            && lock(&self.written)
-                .iter()
-                .any(|(w, dial)| w == v && *dial == config)
         {
-            return;
-        }
-        if config == self.dial() && version.is_some() {
-            return;
+            // Under the changes lock: a change committed between this check and the
+            // store below would otherwise be overwritten by the older dial.
+            let _one_at_a_time = self.changes.lock().await;
+            let written_by_edge = version
+                .as_deref()
+                .and_then(|v| v.parse::<Version>().ok())
+                .is_some_and(|v| v >= *lock(&self.version));
+            if written_by_edge {
+                // Its announcement carries the rest of the state; follow its dial meanwhile.
+                self.routing.store(config);
+                return;
+            }
+            // This edge's own write, read only after a newer state came in: old news.
+            if let Some(v) = &version
+                && lock(&self.written)
+                    .iter()
+                    .any(|(w, dial)| w == v && *dial == config)
+            {
+                return;
+            }
+            if config == self.dial() && version.is_some() {
+                return;
+            }
         }
         let changed = self
             .change(|draft| {
