@@ -161,12 +161,11 @@ async fn rollback_when_v2_turns(bad: Value, plan: Value, edge_args: &[&str]) -> 
     )
     .await;
     stack.python().set(bad);
-    let turned_bad = Instant::now();
+    let turned_bad = chrono::Utc::now();
     let rollout = rollout_until(&http, Duration::from_secs(30), "the rollback", |r| {
         r["state"] == "rolledBack"
     })
     .await;
-    let took = turned_bad.elapsed();
     stack.python().set(json!({}));
     let (_, failures) = load.finish().await;
     assert_eq!(rollout["P"], 100);
@@ -177,6 +176,9 @@ async fn rollback_when_v2_turns(bad: Value, plan: Value, edge_args: &[&str]) -> 
         .unwrap()
         .clone();
     assert_eq!(last["event"], "rolledBack", "{rollout:#}");
+    // From the rollback's own time (the same clock), not from when this test saw it.
+    let rolled_back: chrono::DateTime<chrono::Utc> = last["at"].as_str().unwrap().parse().unwrap();
+    let took = (rolled_back - turned_bad).to_std().unwrap_or_default();
     Rollback {
         took,
         rollout,
@@ -239,6 +241,7 @@ async fn an_ejected_v2_fails_the_rollouts_checks_instead_of_hiding_from_them() {
         &["--eject-after", "3", "--eject-base-seconds", "120"],
     )
     .await;
+    // intervalSeconds × failureThreshold + one interval.
     assert!(
         took <= Duration::from_secs(6),
         "rolled back {took:?} after v2 turned bad"

@@ -102,23 +102,31 @@ async fn the_operator_page_shows_every_panel_and_moves_the_dial() {
     )
     .await;
     assert_eq!(rollout.status, 200, "{}", rollout.text);
-    eventually(
-        Duration::from_secs(30),
-        "the rollout to take a step and shadows to mismatch",
-        || async {
-            for id in &ids {
-                http.get(&format!("/users/{id}")).await;
-            }
-            let state: Value = admin(&http, Method::GET, "/admin/rollout", Value::Null)
+    // Polled with a deadline; on time-out the last states seen say why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for id in &ids {
+            http.get(&format!("/users/{id}")).await;
+        }
+        let state: Value = admin(&http, Method::GET, "/admin/rollout", Value::Null)
+            .await
+            .json();
+        let shadow: Value = admin(&http, Method::GET, "/admin/shadow", Value::Null)
+            .await
+            .json();
+        if state["P"] == 60 && shadow["mismatched"].as_u64() > Some(0) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let routing = admin(&http, Method::GET, "/admin/routing", Value::Null)
                 .await
-                .json();
-            let shadow: Value = admin(&http, Method::GET, "/admin/shadow", Value::Null)
-                .await
-                .json();
-            (state["P"] == 60 && shadow["mismatched"].as_u64() > Some(0)).then_some(())
-        },
-    )
-    .await;
+                .text;
+            panic!(
+                "the rollout did not take its step or shadows did not mismatch in 30 s:\n\
+                 rollout {state:#}\nshadow {shadow:#}\nrouting {routing}"
+            );
+        }
+    }
 
     let driver = Driver::start();
     let mut capabilities = serde_json::Map::new();
