@@ -12,27 +12,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tandem_testkit::jwt::{API_SCOPES, AUDIENCE, ISSUER, TestKey, claims, jwks, now};
+use tandem_testkit::jwt::{
+    API_SCOPES, AUDIENCE, ISSUER, TestKey, claims, jwks, now, trusting, write_jwks,
+};
 use tandem_testkit::*;
 
 /// An edge that verifies tokens against `jwks` (a file path or URL).
 fn guarded(jwks: &str, extra: &[&str]) -> StackBuilder {
-    let mut args = vec![
-        "--jwks",
-        jwks,
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        AUDIENCE,
-    ];
-    args.extend_from_slice(extra);
+    let mut args = trusting(jwks);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     StackBuilder::edge().edge_args(&args)
-}
-
-fn write_jwks(dir: &Path, keys: &[&TestKey]) -> String {
-    let path = dir.join("jwks.json");
-    std::fs::write(&path, jwks(keys).to_string()).unwrap();
-    path.display().to_string()
 }
 
 /// A token's parts re-joined after `edit` changed the decoded header and claims, the

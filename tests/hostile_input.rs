@@ -27,6 +27,31 @@ fn schemathesis(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Every operation, every check but one: no 5xx, status codes, content types, headers
+/// and bodies as documented, invalid input refused.
+fn every_check_but_acceptance(spec: &str, auth: &str, examples: &str, seed: &str) {
+    let (ok, output) = schemathesis(&[
+        spec,
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        examples,
+        "--workers",
+        "1", // hypothesis is not thread-safe: 2 workers crash it now and then
+        "--seed",
+        seed,
+        "-H",
+        auth,
+    ]);
+    assert!(ok, "schemathesis found failures:\n{output}");
+    assert!(
+        output.contains("Tested: 21"),
+        "not every operation was tested:\n{output}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
     let stack = StackBuilder::edge()
@@ -43,28 +68,7 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
 
     let spec = format!("{}/openapi.json", stack.http().base);
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
-    // Every operation, every check but one: no 5xx, status codes, content types, headers
-    // and bodies as documented, invalid input refused.
-    let (ok, output) = schemathesis(&[
-        &spec,
-        "--checks",
-        "all",
-        "--exclude-checks",
-        "positive_data_acceptance",
-        "--max-examples",
-        "40",
-        "--workers",
-        "1", // hypothesis is not thread-safe: 2 workers crash it now and then
-        "--seed",
-        "1",
-        "-H",
-        &auth,
-    ]);
-    assert!(ok, "schemathesis found failures:\n{output}");
-    assert!(
-        output.contains("Tested: 21"),
-        "not every operation was tested:\n{output}"
-    );
+    every_check_but_acceptance(&spec, &auth, "40", "1");
 
     // Valid input accepted, where validity is the schema's alone. Left out, with their
     // reasons: order status and details (refusals depend on the order's history: a
@@ -108,27 +112,14 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
 /// scope: the guard adds no 5xx and no answer the document does not describe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_with_authentication_on_finds_no_server_error() {
-    use tandem_testkit::jwt::{API_SCOPES, AUDIENCE, ISSUER, TestKey, claims, jwks};
+    use tandem_testkit::jwt::{API_SCOPES, TestKey, claims, trusting, write_jwks};
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::load("rsa-1");
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
-    let jwks_arg = jwks_path.display().to_string();
-    let stack = StackBuilder::edge()
-        .edge_args(&[
-            "--jwks",
-            &jwks_arg,
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            AUDIENCE,
-            // Generated requests send wrong admin credentials by the dozen; the lock-out
-            // is guard.rs's subject, not this test's.
-            "--admin-auth-limit",
-            "1000/s",
-        ])
-        .start()
-        .await;
+    let mut args = trusting(&write_jwks(dir.path(), &[&key]));
+    // Generated requests send wrong admin credentials by the dozen; the lock-out is
+    // guard.rs's subject, not this test's.
+    args.extend(["--admin-auth-limit".to_owned(), "1000/s".to_owned()]);
+    let stack = StackBuilder::edge().edge_args(&args).start().await;
     let token = key.sign(&claims(
         "schemathesis",
         &format!("{API_SCOPES} tandem:admin"),
@@ -140,26 +131,7 @@ async fn schemathesis_with_authentication_on_finds_no_server_error() {
 
     let spec = format!("{}/openapi.json", stack.http().base);
     let auth = format!("Authorization: Bearer {token}");
-    let (ok, output) = schemathesis(&[
-        &spec,
-        "--checks",
-        "all",
-        "--exclude-checks",
-        "positive_data_acceptance",
-        "--max-examples",
-        "25",
-        "--workers",
-        "1",
-        "--seed",
-        "2",
-        "-H",
-        &auth,
-    ]);
-    assert!(ok, "schemathesis found failures:\n{output}");
-    assert!(
-        output.contains("Tested: 21"),
-        "not every operation was tested:\n{output}"
-    );
+    every_check_but_acceptance(&spec, &auth, "25", "2");
 }
 
 async fn raw(stack: &Stack, method: Method, path: &str, body: Vec<u8>) -> Reply {

@@ -5,13 +5,13 @@
 //! enough that nobody is refused. Bar: the guarded throughput at most 15 % lower.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tandem_testkit::jwt::{API_SCOPES, AUDIENCE, ISSUER, TestKey, claims, jwks};
+use tandem_testkit::jwt::{API_SCOPES, TestKey, claims, trusting, write_jwks};
 
-use crate::load::{Measured, closed_loop};
+use crate::load::Measured;
+use crate::migration::{Reads, Settings, saturate};
 use crate::r1::median;
 use crate::stack::{Options, Stack};
 
@@ -35,46 +35,8 @@ pub struct G1 {
     pub refused: u64,
 }
 
-pub struct Settings {
-    pub concurrency: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub rounds: usize,
-}
-
 /// Per client: sustained 20,000/s, far above what one worker can send here.
 const RATE_LIMIT: &str = "20000/s,burst=40000";
-
-struct Reads {
-    http: reqwest::Client,
-    edge: String,
-    ids: Vec<String>,
-    /// One `Authorization` value per worker; empty for the open edge.
-    tokens: Vec<String>,
-}
-
-impl Reads {
-    async fn get(&self, worker: usize, i: u64) -> bool {
-        let id = &self.ids[(i as usize * 7919) % self.ids.len()];
-        let mut request = self.http.get(format!("{}/users/{id}", self.edge));
-        if let Some(token) = self.tokens.get(worker) {
-            request = request.header("authorization", token);
-        }
-        match request.send().await {
-            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-            Err(_) => false,
-        }
-    }
-}
-
-async fn saturate(reads: &Arc<Reads>, s: &Settings) -> Measured {
-    let reads = reads.clone();
-    closed_loop(s.concurrency, s.warmup, s.duration, move |w, i| {
-        let reads = reads.clone();
-        async move { reads.get(w, i).await }
-    })
-    .await
-}
 
 async fn seed(
     stack: &Stack,
@@ -84,18 +46,8 @@ async fn seed(
     let mut ids = Vec::new();
     for i in 0..500 {
         let email = format!("g{i}.{}@bench.example", uuid::Uuid::new_v4().simple());
-        let body = json!({"emails": [email], "deliveryAddress": {"street": "1 Main St", "city": "Ottawa", "province": "ON", "postalCode": "K2P 1L4", "country": "Canada"}});
-        let mut request = http.post(format!("{}/users", stack.edge)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let reply: serde_json::Value = request.send().await?.json().await?;
-        ids.push(
-            reply["user"]["userId"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("creating a user failed: {reply}"))?
-                .to_owned(),
-        );
+        let address = json!({"street": "1 Main St", "city": "Ottawa", "province": "ON", "postalCode": "K2P 1L4", "country": "Canada"});
+        ids.push(stack.create_user_as(http, token, &email, address).await?);
     }
     Ok(ids)
 }
@@ -103,24 +55,12 @@ async fn seed(
 pub async fn run(s: &Settings) -> anyhow::Result<G1> {
     let key = TestKey::load("rsa-1");
     let dir = tempfile::tempdir()?;
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key]).to_string())?;
-    let jwks_arg = jwks_path.display().to_string();
-
     let open = Stack::start(Options::new(100)).await?;
     let mut options = Options::new(100);
-    options.edge_args = [
-        "--jwks",
-        &jwks_arg,
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        AUDIENCE,
-        "--rate-limit",
-        RATE_LIMIT,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    options.edge_args = trusting(&write_jwks(dir.path(), &[&key]));
+    options
+        .edge_args
+        .extend(["--rate-limit".to_owned(), RATE_LIMIT.to_owned()]);
     let guarded = Stack::start(options).await?;
 
     let http = Stack::http_client()?;
@@ -128,13 +68,13 @@ pub async fn run(s: &Settings) -> anyhow::Result<G1> {
     let open_reads = Arc::new(Reads {
         http: http.clone(),
         edge: open.edge.clone(),
-        ids: seed(&open, &http, None).await?,
+        ids: Arc::new(seed(&open, &http, None).await?),
         tokens: Vec::new(),
     });
     let guarded_reads = Arc::new(Reads {
         http: http.clone(),
         edge: guarded.edge.clone(),
-        ids: seed(&guarded, &http, Some(&seeder)).await?,
+        ids: Arc::new(seed(&guarded, &http, Some(&seeder)).await?),
         tokens: (0..s.concurrency)
             .map(|w| {
                 format!(

@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         report.m1 = Some(migration::run(&settings).await?);
     }
     if args.only.iter().any(|e| e == "g1") {
-        let settings = guard::Settings {
+        let settings = migration::Settings {
             concurrency: args.concurrency,
             warmup: duration / 5,
             duration,

@@ -66,32 +66,35 @@ pub struct Settings {
 
 const FRACTION: f64 = 0.1;
 
-struct Reads {
-    http: reqwest::Client,
-    edge: String,
-    ids: Arc<Vec<String>>,
+/// `GET /users/{id}` over a set of users, each worker with its own bearer token when
+/// `tokens` has them (G1's guarded edge).
+pub(crate) struct Reads {
+    pub http: reqwest::Client,
+    pub edge: String,
+    pub ids: Arc<Vec<String>>,
+    /// One `Authorization` value per worker; empty for an open edge.
+    pub tokens: Vec<String>,
 }
 
 impl Reads {
-    async fn get(&self, i: u64) -> bool {
+    async fn get(&self, worker: usize, i: u64) -> bool {
         let id = &self.ids[(i as usize * 7919) % self.ids.len()];
-        match self
-            .http
-            .get(format!("{}/users/{id}", self.edge))
-            .send()
-            .await
-        {
+        let mut request = self.http.get(format!("{}/users/{id}", self.edge));
+        if let Some(token) = self.tokens.get(worker) {
+            request = request.header("authorization", token);
+        }
+        match request.send().await {
             Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
             Err(_) => false,
         }
     }
 }
 
-async fn saturate(reads: &Arc<Reads>, s: &Settings) -> Measured {
+pub(crate) async fn saturate(reads: &Arc<Reads>, s: &Settings) -> Measured {
     let reads = reads.clone();
     closed_loop(s.concurrency, s.warmup, s.duration, move |w, i| {
         let reads = reads.clone();
-        async move { reads.get(i * 1000 + w as u64).await }
+        async move { reads.get(w, i * 1000 + w as u64).await }
     })
     .await
 }
@@ -100,7 +103,7 @@ async fn steady(reads: &Arc<Reads>, rate: f64, s: &Settings) -> Measured {
     let reads = reads.clone();
     open_loop(rate, s.concurrency * 8, s.warmup, s.duration, move |i| {
         let reads = reads.clone();
-        async move { reads.get(i).await }
+        async move { reads.get(0, i).await }
     })
     .await
 }
@@ -126,6 +129,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<M1> {
         http: http.clone(),
         edge: stack.edge.clone(),
         ids: Arc::new(ids),
+        tokens: Vec::new(),
     });
     let mib_before = edge_mib(&stack);
 

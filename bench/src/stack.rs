@@ -67,14 +67,24 @@ impl Stack {
         email: &str,
         delivery_address: serde_json::Value,
     ) -> anyhow::Result<String> {
+        self.create_user_as(http, None, email, delivery_address)
+            .await
+    }
+
+    /// The same, with a bearer token (an edge that verifies them).
+    pub async fn create_user_as(
+        &self,
+        http: &reqwest::Client,
+        token: Option<&str>,
+        email: &str,
+        delivery_address: serde_json::Value,
+    ) -> anyhow::Result<String> {
         let body = serde_json::json!({"emails": [email], "deliveryAddress": delivery_address});
-        let reply: serde_json::Value = http
-            .post(format!("{}/users", self.edge))
-            .json(&body)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let mut request = http.post(format!("{}/users", self.edge)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let reply: serde_json::Value = request.send().await?.json().await?;
         reply["user"]["userId"]
             .as_str()
             .map(str::to_owned)

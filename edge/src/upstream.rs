@@ -128,7 +128,7 @@ impl Upstreams {
             if let Ok(subject) = principal.subject.parse() {
                 metadata.insert(tandem::AUTH_SUBJECT, subject);
             }
-            if let Ok(scopes) = principal.scopes.names().parse() {
+            if let Ok(scopes) = principal.scope_names.parse() {
                 metadata.insert(tandem::AUTH_SCOPES, scopes);
             }
         }

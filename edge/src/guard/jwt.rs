@@ -73,9 +73,12 @@ pub struct JwtSettings {
 /// Who a verified token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// `sub`; empty when the token has none.
-    pub subject: String,
+    /// `sub`; empty when the token has none. Shared: every request of the token keys
+    /// its rate-limit bucket by it.
+    pub subject: Arc<str>,
     pub scopes: Scopes,
+    /// `scopes` written out once, for every call's metadata and log line.
+    pub scope_names: String,
     /// Set when the token may touch only this user and that user's orders.
     pub user: Option<String>,
 }
@@ -246,8 +249,9 @@ impl Verifier {
         let scopes = claims.scopes();
         let user = claims.user(&self.settings.user_claim)?;
         let principal = Arc::new(Principal {
-            subject: claims.sub.unwrap_or_default(),
+            subject: claims.sub.unwrap_or_default().into(),
             scopes,
+            scope_names: scopes.names(),
             user,
         });
         self.remember(

@@ -324,7 +324,7 @@ pub(crate) async fn check(
     // How often: by subject when the token holds one, else by address.
     let decision = guard.limiter.as_ref().map(|limiter| {
         let key = match &verdict {
-            Some(Ok(p)) if !p.subject.is_empty() => ClientKey::Subject(p.subject.as_str().into()),
+            Some(Ok(p)) if !p.subject.is_empty() => ClientKey::Subject(p.subject.clone()),
             _ => ClientKey::Address(guard.client_address(request.extensions(), request.headers())),
         };
         limiter.check(&key)
@@ -350,8 +350,8 @@ pub(crate) async fn check(
             Needs::Scope(scope) if !principal.scopes.contains(scope) => Err(forbidden(scope)),
             _ => {
                 let span = tracing::Span::current();
-                span.record("subject", principal.subject.as_str());
-                span.record("scopes", principal.scopes.names());
+                span.record("subject", &*principal.subject);
+                span.record("scopes", principal.scope_names.as_str());
                 request.extensions_mut().insert(Caller(Some(principal)));
                 Ok(())
             }

@@ -71,6 +71,28 @@ pub fn jwks(keys: &[&TestKey]) -> Value {
     json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
 }
 
+/// Writes the JWKS of `keys` as `dir`/jwks.json; returns its path.
+pub fn write_jwks(dir: &std::path::Path, keys: &[&TestKey]) -> String {
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks(keys).to_string()).expect("the JWKS written");
+    path.display().to_string()
+}
+
+/// The edge's flags to verify tokens against `jwks` (a path or URL) with the test
+/// issuer and audience.
+pub fn trusting(jwks: &str) -> Vec<String> {
+    [
+        "--jwks",
+        jwks,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

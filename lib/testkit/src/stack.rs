@@ -251,8 +251,8 @@ impl StackBuilder {
 
     /// Flags of the edge's guard and TLS (`--jwks`, `--rate-limit`, `--tls-cert`…), read
     /// by the edge's own parser whether it runs in this process or as a binary.
-    pub fn edge_args(mut self, args: &[&str]) -> Self {
-        self.edge_args = args.iter().map(|a| (*a).to_owned()).collect();
+    pub fn edge_args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.edge_args = args.iter().map(|a| a.as_ref().to_owned()).collect();
         self
     }
 
