@@ -741,17 +741,22 @@ async fn rabbitmq_stopped_and_restarted_loses_nothing() {
     println!("RabbitMQ stopped for 20 updates and started again: all applied; lost updates: 0");
 }
 
-/// One trace id from the REST call to the order row: the edge's access line, user-svc's
-/// UpdateUserContact, the relay's publish, the worker's apply and order-svc's
-/// ApplyUserContact all name it (read from each process's own log).
+/// One trace from the REST call to the order row: the edge, user-svc's
+/// UpdateUserContact, the relay's publish, the worker's handling and order-svc's
+/// ApplyUserContact each export a span to the OTLP receiver, all with one trace id and
+/// each the parent of the next, and each process logs that trace id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_put_is_one_trace_through_the_outbox_the_broker_and_the_worker() {
+    let receiver = OtlpReceiver::start().await;
     let stack = StackBuilder::sync()
         .with(Service::Edge)
         .binary(Service::Edge)
         .with(Service::UserV2)
         .p(100)
         .env("RUST_LOG", "info,tandem_serving=debug,user_svc=debug")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())
+        // Export within a tenth of a second, not the SDK's default five.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .start()
         .await;
     let http = stack.http();
@@ -776,7 +781,11 @@ async fn one_put_is_one_trace_through_the_outbox_the_broker_and_the_worker() {
         )
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
-    assert!(put.header("traceparent").unwrap().contains(&trace_id));
+    let answered = put.header("traceparent").unwrap().to_owned();
+    assert!(
+        answered.starts_with(&format!("00-{trace_id}-")),
+        "{answered}"
+    );
     // The order converges (the worker applied the event)…
     eventually(
         Duration::from_secs(10),
@@ -808,4 +817,134 @@ async fn one_put_is_one_trace_through_the_outbox_the_broker_and_the_worker() {
         })
         .await;
     }
+
+    // The spans, as an OTLP collector got them: (service, span name, kind), in causal
+    // order (P=100: v1 serves the PUT, and only v1 runs as a process with a relay).
+    let chain = [
+        ("edge", "PUT /users/{userId}", 2),
+        (
+            "user-svc-v1",
+            "tandem.user.v1.UserService/UpdateUserContact",
+            2,
+        ),
+        ("user-svc-v1", "publish user.updated", 4),
+        ("sync-worker", "process user.updated", 5),
+        (
+            "order-svc",
+            "tandem.order.v1.OrderService/ApplyUserContact",
+            2,
+        ),
+    ];
+    let spans = eventually(
+        Duration::from_secs(10),
+        "the trace's five spans",
+        || async {
+            let spans = receiver.trace(&trace_id);
+            chain
+                .iter()
+                .map(|(service, name, kind)| {
+                    spans
+                        .iter()
+                        .find(|s| s.service == *service && s.name == *name && s.kind == *kind)
+                        .cloned()
+                })
+                .collect::<Option<Vec<_>>>()
+        },
+    )
+    .await;
+    // The edge continued the client's span and answered with its own.
+    assert_eq!(spans[0].parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(answered, format!("00-{trace_id}-{}-01", spans[0].span_id));
+    assert_eq!(spans[0].attribute("http.response.status_code"), Some("200"));
+    for pair in spans.windows(2) {
+        assert_eq!(
+            pair[1].parent_span_id, pair[0].span_id,
+            "{} should be the child of {}",
+            pair[1].name, pair[0].name
+        );
+    }
+    assert_eq!(spans[4].attribute("rpc.grpc.status_code"), Some("0"));
+    println!(
+        "one trace {trace_id}: {}",
+        spans
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.service))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    );
+}
+
+/// A receiver that is down costs nothing but the spans: every process keeps answering
+/// and syncing, and counts the failed exports on /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_otlp_receiver_is_counted_and_never_felt() {
+    // A reserved port that never listens: every export is refused.
+    let down = PortReservation::new();
+    let stack = StackBuilder::sync()
+        .with(Service::Edge)
+        .with(Service::UserV2)
+        .all_binaries()
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://{}", down.addr()),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
+        .start()
+        .await;
+    let http = stack.http();
+    let email = unique_email("otlp-down");
+    let user = http.create_user(&email).await;
+    let order = http.post("/orders", &order_body(&user, &email)).await;
+    assert_eq!(order.status, 201, "{}", order.text);
+    let order_id = order.json()["order"]["orderId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..5 {
+        let street = format!("{i} Unexported St");
+        let put = http
+            .put(
+                &format!("/users/{user}"),
+                &serde_json::json!({"deliveryAddress": address_json(&street)}),
+            )
+            .await;
+        assert_eq!(put.status, 200, "{}", put.text);
+    }
+    eventually(CONVERGE, "the order to follow the user", || {
+        let (http, order_id) = (http.clone(), order_id.clone());
+        async move {
+            let order = http.get(&format!("/orders/{order_id}")).await.json();
+            (order["order"]["deliveryAddress"]["street"] == "4 Unexported St").then_some(())
+        }
+    })
+    .await;
+    let mut counted = Vec::new();
+    for (service, prefix) in [
+        (Service::UserV1, "tandem_user"),
+        (Service::Orders, "tandem_order"),
+        (Service::Worker, "tandem_sync"),
+    ] {
+        let ops = stack.ops(service);
+        let failures_metric = format!("{prefix}_otlp_export_failures");
+        let failures = eventually(Duration::from_secs(20), &failures_metric, || async {
+            metric(&ops, &failures_metric).await.filter(|n| *n > 0.0)
+        })
+        .await;
+        let exported = metric(&ops, &format!("{prefix}_otlp_spans_exported")).await;
+        assert_eq!(exported, Some(0.0), "{}", service.name());
+        counted.push(format!("{}: {failures}", service.name()));
+    }
+    let edge_failures = eventually(Duration::from_secs(20), "the edge's failures", || async {
+        let text = http.get("/metrics").await.text;
+        text.lines()
+            .find(|l| l.starts_with("tandem_edge_otlp_export_failures_total "))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .filter(|n| *n > 0.0)
+    })
+    .await;
+    counted.push(format!("edge: {edge_failures}"));
+    // Still answering after the failures were counted.
+    assert_eq!(http.get(&format!("/users/{user}")).await.status, 200);
+    println!("failed OTLP exports counted: {}", counted.join(", "));
 }

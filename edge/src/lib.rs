@@ -20,7 +20,6 @@ mod routes;
 pub mod routing;
 mod server;
 pub mod tls;
-pub mod trace;
 mod upstream;
 
 use std::path::PathBuf;
@@ -137,6 +136,7 @@ impl Edge {
             ));
         }
         let mut registry = Registry::with_prefix("tandem_edge");
+        tandem_serving::trace::register_metrics(&mut registry);
         let control =
             Arc::new(Control::load(&config.routing_file, &mut registry).map_err(Error::Routing)?);
         let metrics = EdgeMetrics::register(&mut registry);

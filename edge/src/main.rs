@@ -88,8 +88,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(&args.log);
-    tandem_serving::exit_status("edge", run(args).await)
+    let telemetry = telemetry::init(&args.log, "edge");
+    let result = run(args).await;
+    telemetry.shutdown();
+    tandem_serving::exit_status("edge", result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

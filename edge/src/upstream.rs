@@ -48,7 +48,7 @@ pub struct Call {
     pub request_id: String,
     pub caller: crate::guard::Caller,
     /// The request's trace, continued by the services.
-    pub trace: Option<crate::trace::TraceContext>,
+    pub trace: Option<tandem_serving::trace::TraceContext>,
 }
 
 /// A user call's outcome and the flavor that produced it.
@@ -117,10 +117,10 @@ impl Upstreams {
         if let Some(trace) = &call.trace {
             let metadata = request.metadata_mut();
             if let Ok(value) = trace.traceparent().parse() {
-                metadata.insert(crate::trace::TRACEPARENT, value);
+                metadata.insert(tandem_serving::trace::TRACEPARENT, value);
             }
             if let Some(Ok(value)) = trace.tracestate.as_deref().map(str::parse) {
-                metadata.insert(crate::trace::TRACESTATE, value);
+                metadata.insert(tandem_serving::trace::TRACESTATE, value);
             }
         }
         if let Some(principal) = &call.caller.0 {

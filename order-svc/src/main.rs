@@ -37,8 +37,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(&args.log);
-    tandem_serving::exit_status("order-svc", run(args).await)
+    let telemetry = telemetry::init(&args.log, "order-svc");
+    let result = run(args).await;
+    telemetry.shutdown();
+    tandem_serving::exit_status("order-svc", result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

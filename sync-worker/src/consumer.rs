@@ -19,6 +19,7 @@ use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem_messaging::UserUpdated;
 use tandem_messaging::amqp as messaging;
+use tandem_serving::trace::{SpanKind, TRACEPARENT, TRACESTATE, TraceContext};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -187,20 +188,39 @@ async fn handle(
         .as_ref()
         .map(|m| m.to_string())
         .unwrap_or_default();
+    // Handling the event is a span of the trace that made the change, child of the
+    // relay's publish; ApplyUserContact's parent is this span.
+    let trace =
+        TraceContext::continued(origin.traceparent.as_deref(), origin.tracestate.as_deref());
+    let mut trace_span = trace.span("process user.updated", SpanKind::Consumer);
+    if trace_span.is_recording() {
+        trace_span.set("messaging.system", "rabbitmq");
+        trace_span.set("messaging.operation.type", "process");
+        trace_span.set(
+            "messaging.destination.name",
+            ctx.config.topology.queue.clone(),
+        );
+        trace_span.set("messaging.message.id", message_id.clone());
+        trace_span.set("tandem.redelivered", delivery.redelivered);
+    }
     let span = tracing::info_span!(
         "event",
         event_id = %message_id,
         request_id = %request_id,
-        trace_id = origin.trace_id().unwrap_or("-"),
+        trace_id = %trace.trace_id_hex(),
         redelivered = delivery.redelivered
     );
+    let trace_span = &mut trace_span;
     async {
         let update = match UserUpdated::parse(&delivery.data) {
             Ok(update) => update,
-            Err(reason) => return dead_letter(ctx, dead_letters, &delivery, &reason).await,
+            Err(reason) => {
+                trace_span.fail(format!("dead-lettered: {reason}"));
+                return dead_letter(ctx, dead_letters, &delivery, &reason).await;
+            }
         };
         let applied = tokio::select! {
-            result = apply(ctx, &update, &request_id, &origin) => result,
+            result = apply(ctx, &update, &request_id, &trace) => result,
             _ = abandon.cancelled() => {
                 ctx.metrics.requeued.inc();
                 let requeue = BasicNackOptions { requeue: true, multiple: false };
@@ -225,7 +245,10 @@ async fn handle(
                     .observe(lag.to_std().unwrap_or_default().as_secs_f64());
                 tracing::info!(user_id = %update.contact.user_id, version = update.contact.version, matched, modified, "event applied");
             }
-            Err(failure) => dead_letter(ctx, dead_letters, &delivery, &failure.to_string()).await,
+            Err(failure) => {
+                trace_span.fail(format!("dead-lettered: {failure}"));
+                dead_letter(ctx, dead_letters, &delivery, &failure.to_string()).await
+            }
         }
     }
     .instrument(span)
@@ -265,7 +288,7 @@ async fn apply(
     ctx: &Context,
     update: &UserUpdated,
     request_id: &str,
-    origin: &messaging::EventOrigin,
+    trace: &TraceContext,
 ) -> Result<(u64, u64), ApplyFailure> {
     let contact = &update.contact;
     let request = ApplyUserContactRequest {
@@ -277,15 +300,12 @@ async fn apply(
     let attempt = || {
         let mut client = ctx.orders.clone();
         let mut call = tandem_serving::grpc::request_with_id(request.clone(), request_id);
-        // The trace goes on to order-svc. (The worker adds no span of its own to the
-        // context: the next hop's parent is the span that wrote the event.)
-        for (name, value) in [
-            (messaging::TRACEPARENT, &origin.traceparent),
-            (messaging::TRACESTATE, &origin.tracestate),
-        ] {
-            if let Some(Ok(value)) = value.as_deref().map(str::parse) {
-                call.metadata_mut().insert(name, value);
-            }
+        // The trace goes on to order-svc, with this event's span as the parent.
+        if let Ok(value) = trace.traceparent().parse() {
+            call.metadata_mut().insert(TRACEPARENT, value);
+        }
+        if let Some(Ok(value)) = trace.tracestate.as_deref().map(str::parse) {
+            call.metadata_mut().insert(TRACESTATE, value);
         }
         call.set_timeout(ctx.config.apply_timeout);
         async move { client.apply_user_contact(call).await }

@@ -80,6 +80,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: Config) -> Result<Worker, Error> {
         let mut registry = Registry::with_prefix("tandem_sync");
+        tandem_serving::trace::register_metrics(&mut registry);
         let metrics = WorkerMetrics::register(&mut registry);
         let channel = Endpoint::from_shared(config.orders_url.clone())
             .map_err(|e| Error::OrdersUrl {

@@ -84,8 +84,10 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(&args.log);
-    tandem_serving::exit_status("sync-worker", run(args).await)
+    let telemetry = telemetry::init(&args.log, "sync-worker");
+    let result = run(args).await;
+    telemetry.shutdown();
+    tandem_serving::exit_status("sync-worker", result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -74,6 +74,7 @@ impl UserSvc {
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
         let mut registry = Registry::with_prefix("tandem_user");
+        tandem_serving::trace::register_metrics(&mut registry);
         let metrics = RpcMetrics::register(&mut registry);
         let relay_metrics = RelayMetrics::register(&mut registry);
         let outbox_written = Arc::new(Notify::new());

@@ -63,8 +63,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(&args.log);
-    tandem_serving::exit_status("user-svc", run(args).await)
+    let telemetry = telemetry::init(&args.log, &format!("user-svc-{}", args.flavor));
+    let result = run(args).await;
+    telemetry.shutdown();
+    tandem_serving::exit_status("user-svc", result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -17,9 +17,11 @@ use lapin::{Channel, Connection};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tandem_messaging::EventOrigin;
 use tandem_messaging::Topology;
 use tandem_messaging::USER_UPDATED;
 use tandem_messaging::amqp::{self as messaging, PublishError};
+use tandem_serving::trace::{Span, SpanKind, TraceContext};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -325,8 +327,38 @@ impl Relay {
                 failed.push(event);
                 continue;
             }
-            let properties =
-                messaging::event_properties(&event.event_id, &event.origin, &self.app_id);
+            // The publish is a span of the trace that made the change; the consumer's
+            // parent is this span, so the message carries its traceparent.
+            let (properties, span) = match event.origin.traceparent.as_deref() {
+                Some(parent) => {
+                    let trace =
+                        TraceContext::continued(Some(parent), event.origin.tracestate.as_deref());
+                    let mut span = trace.span("publish user.updated", SpanKind::Producer);
+                    if span.is_recording() {
+                        span.set("messaging.system", "rabbitmq");
+                        span.set("messaging.operation.type", "send");
+                        span.set(
+                            "messaging.destination.name",
+                            self.config.topology.exchange.clone(),
+                        );
+                        span.set("messaging.rabbitmq.destination.routing_key", USER_UPDATED);
+                        span.set("messaging.message.id", event.event_id.clone());
+                    }
+                    let origin = EventOrigin {
+                        request_id: event.origin.request_id.clone(),
+                        traceparent: Some(trace.traceparent()),
+                        tracestate: trace.tracestate,
+                    };
+                    (
+                        messaging::event_properties(&event.event_id, &origin, &self.app_id),
+                        span,
+                    )
+                }
+                None => (
+                    messaging::event_properties(&event.event_id, &event.origin, &self.app_id),
+                    Span::none(),
+                ),
+            };
             // mandatory: an event no queue would take comes back rather than vanishing.
             let options = BasicPublishOptions {
                 mandatory: true,
@@ -342,16 +374,20 @@ impl Relay {
                 )
                 .await
             {
-                Ok(confirm) => pending.push((event, confirm)),
+                Ok(confirm) => pending.push((event, confirm, span)),
                 Err(e) => {
-                    broken = Some(format!("publish failed: {e}"));
+                    let reason = format!("publish failed: {e}");
+                    let mut span = span;
+                    span.fail(reason.clone());
+                    broken = Some(reason);
                     failed.push(event);
                 }
             }
         }
         let mut confirmed = Vec::with_capacity(pending.len());
-        for (event, confirm) in pending {
+        for (event, confirm, mut span) in pending {
             if broken.is_some() {
+                span.fail("not confirmed: the channel broke");
                 failed.push(event);
                 continue;
             }
@@ -360,14 +396,17 @@ impl Relay {
                 Ok(()) => confirmed.push(event),
                 Err(PublishError::Unroutable) => {
                     tracing::error!(event_id = %event.event_id, exchange = %self.config.topology.exchange, "event was unroutable (no queue bound); it stays in the outbox");
+                    span.fail("unroutable");
                     failed.push(event);
                 }
                 Err(PublishError::Refused) => {
                     tracing::warn!(event_id = %event.event_id, "broker refused the event; it stays in the outbox");
+                    span.fail("refused by the broker");
                     failed.push(event);
                 }
                 // The channel is unusable: the rest wait for a new session.
                 Err(e) => {
+                    span.fail(e.to_string());
                     broken = Some(e.to_string());
                     failed.push(event);
                 }

@@ -13,6 +13,7 @@ use tandem::proto::user::v1::{
     UpdateUserContactRequest, UpdateUserContactResponse,
 };
 use tandem_serving::grpc::request_id;
+use tandem_serving::trace::TraceContext;
 
 use crate::store::EventOrigin;
 use tokio::sync::Notify;
@@ -145,24 +146,16 @@ impl UserService for UserApi {
         &self,
         request: Request<UpdateUserContactRequest>,
     ) -> Result<Response<UpdateUserContactResponse>, Status> {
+        // The call's span (set by the serving layer) is the parent of the relay's
+        // publish: it goes into the outbox row with the change.
+        let trace = request.extensions().get::<TraceContext>();
         let origin = EventOrigin {
             request_id: request_id(&request),
-            traceparent: trace_header(&request, tandem_messaging::amqp::TRACEPARENT),
-            tracestate: trace_header(&request, tandem_messaging::amqp::TRACESTATE),
+            traceparent: trace.map(TraceContext::traceparent),
+            tracestate: trace.and_then(|t| t.tracestate.clone()),
         };
         Ok(Response::new(
             self.update_contact(request.into_inner(), origin).await?,
         ))
     }
-}
-
-/// A trace-context header of the call, kept for the event when it is short and plain
-/// (W3C: traceparent is 55 characters, tracestate at most 512).
-fn trace_header<T>(request: &Request<T>, name: &str) -> Option<String> {
-    request
-        .metadata()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 512 && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
-        .map(str::to_owned)
 }

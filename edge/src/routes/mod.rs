@@ -26,8 +26,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::guard::Caller;
-use crate::trace::TraceContext;
 use crate::upstream::Call;
+use tandem_serving::trace::{SpanKind, TraceContext};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -214,6 +214,7 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     let trace = TraceContext::from_headers(request.headers());
     let traceparent = trace.traceparent();
     let trace_id = trace.trace_id_hex();
+    let mut trace_span = trace.span(route, SpanKind::Server);
     request.extensions_mut().insert(trace);
     let span = tracing::info_span!(
         "http",
@@ -247,11 +248,23 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     if let Ok(value) = HeaderValue::from_str(&traceparent) {
         response
             .headers_mut()
-            .insert(crate::trace::TRACEPARENT, value);
+            .insert(tandem_serving::trace::TRACEPARENT, value);
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     state.metrics.http(method, route, status, elapsed);
+    if trace_span.is_recording() {
+        // Named as OpenTelemetry's HTTP conventions ask: method and route.
+        trace_span.rename(format!("{method} {route}"));
+        trace_span.set("http.request.method", method);
+        trace_span.set("http.route", route);
+        trace_span.set("url.path", path.clone());
+        trace_span.set("http.response.status_code", i64::from(status));
+        trace_span.set("tandem.request_id", request_id.clone());
+        if status >= 500 {
+            trace_span.fail(format!("answered {status}"));
+        }
+    }
     span.in_scope(|| {
         tracing::info!(
             status,

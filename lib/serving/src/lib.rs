@@ -1,7 +1,8 @@
 //! What every tandem process serves and sets up the same way: gRPC servers with health,
 //! reflection and per-RPC metrics; statuses that name bad fields; request ids in
-//! metadata; the small ops HTTP port; the JSON error body; log setup; the shutdown
-//! signal; listeners (bound, or inherited from a supervisor).
+//! metadata; W3C trace context and OTLP span export; the small ops HTTP port; the JSON
+//! error body; log setup; the shutdown signal; listeners (bound, or inherited from a
+//! supervisor).
 //!
 //! Nothing here knows a store or a broker; the edge depends on this crate alone of the
 //! support crates.
@@ -12,6 +13,7 @@ pub mod listen;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 /// Why a service could not start, or stopped serving: its store would not open, or one of
 /// its servers failed.

@@ -1,5 +1,7 @@
-//! Log setup shared by every binary: human-readable lines by default, one JSON object per
-//! line with `LOG_FORMAT=json` (for log shippers). `RUST_LOG` filters, `info` by default.
+//! Log and trace setup shared by every binary: human-readable lines by default, one JSON
+//! object per line with `LOG_FORMAT=json` (for log shippers). `RUST_LOG` filters, `info`
+//! by default. With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP/gRPC
+//! too (see [`crate::trace`]).
 
 use std::io::IsTerminal;
 
@@ -17,10 +19,48 @@ pub struct LogArgs {
     /// How log lines are written.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OTLP/gRPC receiver spans are exported to, e.g. `http://otel-collector:4317`.
+    /// Unset: no spans are recorded (trace ids still travel and are logged).
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(args: &LogArgs) {
+/// What [`init`] started; [`Telemetry::shutdown`] sends the spans still queued.
+#[must_use = "call shutdown() when the process is done, so queued spans are sent"]
+pub struct Telemetry {
+    exporting: bool,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if self.exporting {
+            crate::trace::shutdown_export();
+        }
+    }
+}
+
+/// Installs the global subscriber and, when an OTLP endpoint is given, the span export
+/// as `service_name`. Call once, from `main`, inside the Tokio runtime.
+pub fn init(args: &LogArgs, service_name: &str) -> Telemetry {
+    init_logs(args);
+    let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
+        return Telemetry { exporting: false };
+    };
+    match crate::trace::init_export(endpoint, service_name) {
+        Ok(()) => {
+            tracing::info!(%endpoint, service = service_name, "exporting spans over OTLP");
+            Telemetry { exporting: true }
+        }
+        // Tracing is an aid, never a reason not to serve.
+        Err(e) => {
+            tracing::error!(error = %e, "spans will not be exported");
+            Telemetry { exporting: false }
+        }
+    }
+}
+
+fn init_logs(args: &LogArgs) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match args.log_format {

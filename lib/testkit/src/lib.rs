@@ -1,6 +1,6 @@
 //! tandem's own test and benchmark kit (never in a service build): the [`Stack`]
 //! launcher, child processes, reserved ports, a chaos proxy, the store contract harness,
-//! sample data, and polling with a deadline instead of sleeping.
+//! an OTLP trace receiver, sample data, and polling with a deadline instead of sleeping.
 
 pub mod broker;
 pub mod chaos;
@@ -8,6 +8,7 @@ pub mod contract;
 pub mod fixtures;
 pub mod http;
 pub mod jwt;
+pub mod otlp;
 pub mod ports;
 pub mod proc;
 pub mod python;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 pub use chaos::ChaosProxy;
 pub use fixtures::*;
 pub use http::{Http, Reply};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use ports::PortReservation;
 pub use proc::{Proc, bin};
 pub use python::PythonFlavor;

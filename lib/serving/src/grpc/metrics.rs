@@ -1,6 +1,7 @@
 //! Per-RPC metrics and log lines, as one tower layer around a gRPC server: every call of
 //! the service is counted by method and status code and timed, and failures are logged
-//! with their code. Handlers do not time themselves.
+//! with their code; each call continues the caller's W3C trace with a span of its own
+//! (exported when OTLP export is on). Handlers do not time themselves.
 
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -14,6 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Code, Status};
+
+use crate::trace::{Span, SpanKind, TraceContext};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -71,12 +74,20 @@ impl RpcMetrics {
             .observe(elapsed.as_secs_f64());
         match code {
             Code::Ok => tracing::debug!(method, ?elapsed, "ok"),
-            Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable => {
+            code if is_server_fault(code) => {
                 tracing::error!(method, ?elapsed, code = ?code, message, "failed")
             }
             _ => tracing::info!(method, ?elapsed, code = ?code, message, "refused"),
         }
     }
+}
+
+/// A status that is the server's fault, not the client's.
+fn is_server_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable
+    )
 }
 
 /// The `code` label: the code's name as tonic spells it (`Ok`, `InvalidArgument`, …).
@@ -126,15 +137,15 @@ fn tandem_methods() -> &'static [(String, String)] {
     })
 }
 
-/// The method label of a request path, if it is an RPC of `service` (`tandem.user.v1.
-/// UserService`); health checks and reflection are not counted.
-fn method_of(path: &str, service: &str) -> Option<&'static str> {
+/// The RPC a request path names, as (`package.Service/Method`, `Method`), if it is one of
+/// `service` (`tandem.user.v1.UserService`); health checks and reflection are not counted.
+fn method_of(path: &str, service: &str) -> Option<(&'static str, &'static str)> {
     let rest = path.strip_prefix('/')?.strip_prefix(service)?;
     rest.strip_prefix('/')?;
     tandem_methods()
         .iter()
         .find(|(full, _)| full == path)
-        .map(|(_, method)| method.as_str())
+        .map(|(full, method)| (&full[1..], method.as_str()))
 }
 
 /// The tower layer that observes every call of one service.
@@ -182,20 +193,38 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let call = method_of(request.uri().path(), self.layer.service).map(|method| Call {
-            method,
-            started: Instant::now(),
-            metrics: self.layer.metrics.clone(),
-            done: false,
-            request_id: header(&request, tandem::REQUEST_ID).map(str::to_owned),
-            // W3C traceparent: 00-<trace id>-<parent span>-<flags>.
-            trace_id: header(&request, "traceparent")
-                .and_then(|v| v.get(3..35))
-                .map(str::to_owned),
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let call = method_of(request.uri().path(), self.layer.service).map(|(rpc, method)| {
+            // This call's span: the caller's trace continued (or a new one). Handlers
+            // find it in the request's extensions, to pass on (the outbox row).
+            let trace = TraceContext::from_headers(request.headers());
+            let mut span = trace.span(rpc, SpanKind::Server);
+            if span.is_recording() {
+                span.set("rpc.system", "grpc");
+                span.set("rpc.service", self.layer.service);
+                span.set("rpc.method", method);
+                if let Some(id) = header(&request, tandem::REQUEST_ID) {
+                    span.set("tandem.request_id", id.to_owned());
+                }
+            }
+            let call = Call {
+                method,
+                started: Instant::now(),
+                metrics: self.layer.metrics.clone(),
+                done: false,
+                request_id: header(&request, tandem::REQUEST_ID).map(str::to_owned),
+                trace_id: trace.trace_id_hex(),
+                span,
+            };
+            request.extensions_mut().insert(trace);
+            call
         });
         let response = self.inner.call(request);
         Box::pin(async move {
+            // The server's per-call span (see `serve`) is current here, not in `call`.
+            if let Some(call) = &call {
+                tracing::Span::current().record("trace_id", call.trace_id.as_str());
+            }
             let response = response.await?;
             let (parts, body) = response.into_parts();
             let mut call = call;
@@ -227,7 +256,9 @@ struct Call {
     /// The call's request id and trace id, for the line logged when it ends (after its
     /// body, outside the handler's span).
     request_id: Option<String>,
-    trace_id: Option<String>,
+    trace_id: String,
+    /// Ends with the call.
+    span: Span,
 }
 
 impl Call {
@@ -236,11 +267,18 @@ impl Call {
         let span = tracing::info_span!(
             "rpc",
             request_id = self.request_id.as_deref().unwrap_or("-"),
-            trace_id = self.trace_id.as_deref().unwrap_or("-"),
+            trace_id = self.trace_id.as_str(),
         );
         let _in_span = span.enter();
         self.metrics
             .observe(self.method, self.started, code, message);
+        let mut trace_span = std::mem::replace(&mut self.span, Span::none());
+        if trace_span.is_recording() {
+            trace_span.set("rpc.grpc.status_code", code as i64);
+            if is_server_fault(code) {
+                trace_span.fail(message.to_owned());
+            }
+        }
     }
 }
 
@@ -307,7 +345,7 @@ mod tests {
         let service = "tandem.user.v1.UserService";
         assert_eq!(
             method_of("/tandem.user.v1.UserService/CreateUser", service),
-            Some("CreateUser")
+            Some(("tandem.user.v1.UserService/CreateUser", "CreateUser"))
         );
         assert_eq!(
             method_of("/tandem.user.v1.UserService/MadeUp", service),

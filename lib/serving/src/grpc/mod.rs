@@ -74,15 +74,7 @@ pub async fn serve(
                 trace_id = tracing::field::Empty,
                 subject = tracing::field::Empty
             );
-            // W3C traceparent: 00-<trace id>-<parent span>-<flags>.
-            if let Some(trace_id) = req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.get(3..35))
-            {
-                span.record("trace_id", trace_id);
-            }
+            // trace_id is recorded by the metrics layer, which continues the trace.
             if let Some(subject) = req
                 .headers()
                 .get(tandem::AUTH_SUBJECT)
