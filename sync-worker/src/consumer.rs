@@ -55,7 +55,7 @@ pub(crate) async fn session(
     let topology = &ctx.config.topology;
     let setup = async {
         let channel = connection.create_channel().await?;
-        messaging::declare(&channel, topology).await?;
+        messaging::declare(connection, topology).await?;
         // At most `prefetch` unacknowledged deliveries in hand: bounded memory, and the
         // rest wait safely in the queue.
         channel

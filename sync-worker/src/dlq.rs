@@ -65,7 +65,7 @@ pub async fn list(
 ) -> Result<Vec<DeadLetter>, DlqError> {
     let connection = messaging::connect(amqp_url, "tandem sync-worker dlq list").await?;
     let channel = connection.create_channel().await?;
-    messaging::declare(&channel, topology).await?;
+    messaging::declare(&connection, topology).await?;
     let mut letters = Vec::new();
     while letters.len() < limit {
         let Some(message) = channel
@@ -96,7 +96,7 @@ pub async fn list(
 pub async fn replay(amqp_url: &str, topology: &Topology, limit: usize) -> Result<usize, DlqError> {
     let connection = messaging::connect(amqp_url, "tandem sync-worker dlq replay").await?;
     let channel = connection.create_channel().await?;
-    messaging::declare(&channel, topology).await?;
+    messaging::declare(&connection, topology).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -225,7 +225,7 @@ impl Relay {
         let channel = connection.create_channel().await?;
         // Declared from this side too: an event published before any consumer ever ran
         // still lands in the durable queue.
-        messaging::declare(&channel, &self.config.topology).await?;
+        messaging::declare(connection, &self.config.topology).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

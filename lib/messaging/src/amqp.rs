@@ -106,8 +106,14 @@ impl Topology {
 }
 
 /// Declares the exchange, the quorum queue bound to it, and the dead-letter exchange and
-/// queue. Idempotent; both the relay and the worker call it on every (re)connection.
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+/// queue, each on a channel of its own that is closed afterwards. Idempotent; the relay,
+/// the worker and the DLQ tools call it on every (re)connection.
+///
+/// The dead-letter queue is declared last and apart: if it cannot be (its node is down, in
+/// a cluster that lost the node holding an old classic dead-letter queue), that is logged
+/// and the sync goes on; events that need dead-lettering meanwhile wait in the sync queue.
+pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -130,47 +136,13 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
             FieldTable::default(),
         )
         .await?;
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    // A classic queue: it has no delivery limit, so listing it (get, then requeue) can
-    // never drop what it holds.
-    channel
-        .queue_declare(
-            topology.dead_letter.as_str().into(),
-            durable_queue,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            topology.dead_letter.as_str().into(),
-            topology.dead_letter.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut arguments = FieldTable::default();
-    // Replicated, and durable by nature (a quorum queue must be declared durable).
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    // A message redelivered this often (a consumer crashing on it, say) is moved to the
-    // dead-letter exchange rather than looping forever (RabbitMQ 4 defaults to 20 and
-    // drops the message when no dead-letter exchange is set).
-    arguments.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
-    );
+    let mut arguments = quorum_arguments(i64::from(topology.delivery_limit));
     arguments.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(topology.dead_letter.as_str().into()),
     );
     channel
-        .queue_declare(topology.queue.as_str().into(), durable_queue, arguments)
+        .queue_declare(topology.queue.as_str().into(), DURABLE_QUEUE, arguments)
         .await?;
     channel
         .queue_bind(
@@ -181,7 +153,93 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
             FieldTable::default(),
         )
         .await?;
+    let _ = channel.close(200, "declared".into()).await;
+    if let Err(e) = declare_dead_letter_queue(connection, topology).await {
+        tracing::warn!(queue = %topology.dead_letter, error = %e, "the dead-letter queue is unavailable; syncing goes on, and events to dead-letter wait in the sync queue");
+    }
     Ok(())
+}
+
+const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+/// A quorum queue's arguments: replicated on the cluster's nodes, durable by nature.
+/// A message redelivered `delivery_limit` times (a consumer crashing on it, say) is
+/// dead-lettered rather than looping forever (RabbitMQ 4 defaults to 20 and drops the
+/// message when no dead-letter exchange is set).
+fn quorum_arguments(delivery_limit: i64) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(delivery_limit),
+    );
+    arguments
+}
+
+/// How often a dead letter may be listed (got and handed back, which a quorum queue
+/// counts as a delivery) before RabbitMQ would drop it: never, in practice.
+const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// The dead-letter queue: a quorum queue, so it outlives a node, as the sync queue does.
+/// One that already exists is kept as it is: a dead-letter queue declared by an older
+/// tandem is a classic queue (docs/scaling.md says how to replace it).
+async fn declare_dead_letter_queue(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<(), lapin::Error> {
+    let name = topology.dead_letter.as_str();
+    // A passive declare that fails closes its channel, hence a channel for it alone.
+    let probe = connection.create_channel().await?;
+    let exists = probe
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..DURABLE_QUEUE
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let channel = match exists {
+        Ok(_) => probe,
+        Err(e) if !is_not_found(&e) || e.to_string().contains("home node") => return Err(e),
+        Err(_) => {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    name.into(),
+                    DURABLE_QUEUE,
+                    quorum_arguments(DEAD_LETTER_DELIVERY_LIMIT),
+                )
+                .await?;
+            channel
+        }
+    };
+    channel
+        .queue_bind(
+            name.into(),
+            name.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// The broker's 404: no such queue (or its home node is away).
+fn is_not_found(e: &lapin::Error) -> bool {
+    e.to_string().contains("NOT_FOUND")
 }
 
 /// The broker of a development machine: the local RabbitMQ with its guest account.
@@ -200,8 +258,42 @@ pub enum ConnectError {
     Timeout { url: String },
 }
 
-/// Connects with a heartbeat and a name the RabbitMQ management UI shows.
+/// The brokers an `AMQP_URL` names: one URL, or the nodes of a cluster as several URLs
+/// separated by commas (`amqp://u:p@rabbit-1/%2f,amqp://u:p@rabbit-2/%2f`). A comma in a
+/// password must be percent-encoded (`%2C`), as any reserved character in a URL.
+pub fn brokers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Connects with a heartbeat and a name the RabbitMQ management UI shows, to the first
+/// broker of `url` that answers. Each call starts at the next broker of the list, so the
+/// processes spread over a cluster's nodes, and one node that is down costs one refused
+/// attempt before the next is tried.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let candidates = brokers(url);
+    if candidates.len() <= 1 {
+        return connect_one(candidates.first().copied().unwrap_or(url), name).await;
+    }
+    let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..candidates.len() {
+        let candidate = candidates[(start + i) % candidates.len()];
+        match connect_one(candidate, name).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => {
+                tracing::debug!(error = %e, "broker unreachable; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least two candidates were tried"))
+}
+
+async fn connect_one(url: &str, name: &str) -> Result<Connection, ConnectError> {
     let url_with_heartbeat = if url.contains("heartbeat=") {
         url.to_owned()
     } else if url.contains('?') {
@@ -420,6 +512,18 @@ pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_amqp_url_may_name_every_node_of_a_cluster() {
+        assert_eq!(
+            brokers("amqp://u:p@rabbit-1:5672/%2f, amqp://u:p@rabbit-2:5672/%2f,"),
+            [
+                "amqp://u:p@rabbit-1:5672/%2f",
+                "amqp://u:p@rabbit-2:5672/%2f"
+            ]
+        );
+        assert_eq!(brokers(DEFAULT_AMQP_URL), [DEFAULT_AMQP_URL]);
+    }
 
     /// The flags' defaults are the topology's defaults: written once, as the constants.
     #[test]

@@ -86,8 +86,13 @@ fn init_logs(args: &LogArgs) {
 /// A connection URL as it may be logged: `scheme://user:secret@host/…` becomes
 /// `scheme://user:***@host/…`. Only the authority (before the first `/` after the scheme)
 /// is looked at, so an `@` in a path or query is left alone. Every URL with credentials
-/// (AMQP, MongoDB) goes through here before it is printed.
+/// (AMQP, MongoDB) goes through here before it is printed; a comma-separated list of
+/// URLs has each one redacted.
 pub fn redact_url(url: &str) -> String {
+    // A list of brokers (a cluster's nodes in AMQP_URL): each URL redacted.
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -118,5 +123,9 @@ mod tests {
         assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
         assert_eq!(redact_url("mongodb://h/db?x=a@b"), "mongodb://h/db?x=a@b");
         assert_eq!(redact_url("no scheme"), "no scheme");
+        assert_eq!(
+            redact_url("amqp://u:pw1@rabbit-1/%2f,amqp://u:pw2@rabbit-2/%2f"),
+            "amqp://u:***@rabbit-1/%2f,amqp://u:***@rabbit-2/%2f"
+        );
     }
 }

@@ -73,12 +73,22 @@ impl Http {
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("the edge answers");
-        Reply {
+        self.try_send(request).await.expect("the edge answers")
+    }
+
+    /// [`send`](Self::send), with a failed exchange (a connection closed under the
+    /// request, say) as an error rather than a panic: the caller does not know whether
+    /// it was applied, and may retry it.
+    pub async fn try_send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Reply, reqwest::Error> {
+        let response = request.send().await?;
+        Ok(Reply {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
-            text: response.text().await.expect("a whole body"),
-        }
+            text: response.text().await?,
+        })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

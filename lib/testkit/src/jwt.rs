@@ -114,3 +114,24 @@ pub fn claims(sub: &str, scope: &str) -> Value {
 
 /// Every scope of the REST API (not the admin one).
 pub const API_SCOPES: &str = "users:read users:write orders:read orders:write";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// scripts/compose-test mounts tests/fixtures/jwt/compose-jwks into the edge's
+    /// container, which cannot run this code: the committed file must stay the JWKS of
+    /// `rsa-1`. `TANDEM_UPDATE_FIXTURES=1` rewrites it.
+    #[test]
+    fn the_compose_jwks_is_rsa_1s() {
+        let dir = fixtures().join("compose-jwks");
+        let expected = jwks(&[&TestKey::load("rsa-1")]);
+        if std::env::var_os("TANDEM_UPDATE_FIXTURES").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            write_jwks(&dir, &[&TestKey::load("rsa-1")]);
+        }
+        let committed: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("jwks.json")).unwrap()).unwrap();
+        assert_eq!(committed, expected);
+    }
+}
