@@ -539,7 +539,7 @@ async fn a_rabbitmq_cluster_loses_the_queue_leader_and_nothing_is_lost() {
         .map(|(w, p)| metric_in(w, *p, "tandem_sync_events_redelivered"))
         .sum();
     println!(
-        "figure: leader {leader} killed mid-stream: updates sent {sent}, applied {} (≥ the latest per user; older ones may be superseded), lost 0 (all {} orders converged), redelivered {redelivered}, unacknowledged PUTs retried by the client {unavailable}; new leader {new_leader}; converged {:?} after the kill ({converged:?} after the last update)",
+        "figure: leader {leader} killed mid-stream: updates sent {sent}, applied {} by the time every order converged (older updates still queued are applied after, as no-ops), lost 0 (all {} orders converged), redelivered {redelivered}, unacknowledged PUTs retried by the client {unavailable}; new leader {new_leader}; converged {:?} after the kill ({converged:?} after the last update)",
         applied - applied_before,
         last.len(),
         killed_at.elapsed()
