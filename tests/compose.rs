@@ -37,22 +37,19 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// `docker compose ARGS`, with the test's project and files from the environment.
 fn compose(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .current_dir(ROOT)
-        .arg("compose")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker compose {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut all = vec!["compose"];
+    all.extend_from_slice(args);
+    docker_stdout(&all)
 }
 
 fn docker(args: &[&str]) -> String {
+    docker_stdout(args).trim().to_owned()
+}
+
+/// `docker ARGS` run from the checkout's root; its stdout, or a panic naming the failure.
+fn docker_stdout(args: &[&str]) -> String {
     let out = Command::new("docker")
+        .current_dir(ROOT)
         .args(args)
         .output()
         .expect("the docker CLI runs");
@@ -61,7 +58,7 @@ fn docker(args: &[&str]) -> String {
         "docker {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A command's stdout and stderr together (a container's log is both).
@@ -114,15 +111,6 @@ async fn wait_healthy(what: &str) -> Duration {
     })
     .await;
     started.elapsed()
-}
-
-async fn create_order(http: &Http, user: &str, email: &str) -> String {
-    let order = http.post("/orders", &order_body(user, email)).await;
-    assert_eq!(order.status, 201, "{}", order.text);
-    order.json()["order"]["orderId"]
-        .as_str()
-        .expect("an order id")
-        .to_owned()
 }
 
 /// PUTs a street, retrying what was not acknowledged (a 503 while a dependency is away
@@ -244,7 +232,7 @@ async fn compose_yaml_runs_for_real() {
     // the containers' RabbitMQ and worker, and the dial moved with the admin API.
     let email = unique_email("compose");
     let user = http.create_user(&email).await;
-    let order = create_order(&http, &user, &email).await;
+    let order = http.create_order(&user, &email).await;
     set_street(&http, &user, "1 Container Way").await;
     let took = wait_streets(
         &http,
@@ -269,7 +257,7 @@ async fn compose_yaml_runs_for_real() {
     for i in 0..6 {
         let email = unique_email(&format!("compose{i}"));
         let user = http.create_user(&email).await;
-        let order = create_order(&http, &user, &email).await;
+        let order = http.create_order(&user, &email).await;
         users.push((user, order));
     }
 
@@ -490,7 +478,7 @@ async fn a_rabbitmq_cluster_loses_the_queue_leader_and_nothing_is_lost() {
     for i in 0..8 {
         let email = unique_email(&format!("cluster{i}"));
         let user = edges[i % 2].create_user(&email).await;
-        let order = create_order(&edges[i % 2], &user, &email).await;
+        let order = edges[i % 2].create_order(&user, &email).await;
         users.push((user, order));
     }
     let applied_before: f64 = workers

@@ -762,12 +762,7 @@ async fn one_put_is_one_trace_through_the_outbox_the_broker_and_the_worker() {
     let http = stack.http();
     let email = unique_email("trace");
     let user = http.create_user(&email).await;
-    let order = http.post("/orders", &order_body(&user, &email)).await;
-    assert_eq!(order.status, 201, "{}", order.text);
-    let order_id = order.json()["order"]["orderId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let order_id = http.create_order(&user, &email).await;
 
     let trace_id = format!("{:032x}", fastrand::u128(1..));
     let put = http
@@ -895,12 +890,7 @@ async fn a_down_otlp_receiver_is_counted_and_never_felt() {
     let http = stack.http();
     let email = unique_email("otlp-down");
     let user = http.create_user(&email).await;
-    let order = http.post("/orders", &order_body(&user, &email)).await;
-    assert_eq!(order.status, 201, "{}", order.text);
-    let order_id = order.json()["order"]["orderId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let order_id = http.create_order(&user, &email).await;
     for i in 0..5 {
         let street = format!("{i} Unexported St");
         let put = http

@@ -19,7 +19,7 @@ use tandem::proto::order::v1::ApplyUserContactRequest;
 use tandem::proto::order::v1::order_service_client::OrderServiceClient;
 use tandem_messaging::UserUpdated;
 use tandem_messaging::amqp as messaging;
-use tandem_serving::trace::{SpanKind, TRACEPARENT, TRACESTATE, TraceContext};
+use tandem_serving::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -192,17 +192,9 @@ async fn handle(
     // relay's publish; ApplyUserContact's parent is this span.
     let trace =
         TraceContext::continued(origin.traceparent.as_deref(), origin.tracestate.as_deref());
-    let mut trace_span = trace.span("process user.updated", SpanKind::Consumer);
-    if trace_span.is_recording() {
-        trace_span.set("messaging.system", "rabbitmq");
-        trace_span.set("messaging.operation.type", "process");
-        trace_span.set(
-            "messaging.destination.name",
-            ctx.config.topology.queue.clone(),
-        );
-        trace_span.set("messaging.message.id", message_id.clone());
-        trace_span.set("tandem.redelivered", delivery.redelivered);
-    }
+    let mut trace_span =
+        messaging::message_span(&trace, "process", &ctx.config.topology.queue, &message_id);
+    trace_span.set("tandem.redelivered", delivery.redelivered);
     let span = tracing::info_span!(
         "event",
         event_id = %message_id,

@@ -21,7 +21,7 @@ use tandem_messaging::EventOrigin;
 use tandem_messaging::Topology;
 use tandem_messaging::USER_UPDATED;
 use tandem_messaging::amqp::{self as messaging, PublishError};
-use tandem_serving::trace::{Span, SpanKind, TraceContext};
+use tandem_serving::trace::{Span, TraceContext};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -333,17 +333,12 @@ impl Relay {
                 Some(parent) => {
                     let trace =
                         TraceContext::continued(Some(parent), event.origin.tracestate.as_deref());
-                    let mut span = trace.span("publish user.updated", SpanKind::Producer);
-                    if span.is_recording() {
-                        span.set("messaging.system", "rabbitmq");
-                        span.set("messaging.operation.type", "send");
-                        span.set(
-                            "messaging.destination.name",
-                            self.config.topology.exchange.clone(),
-                        );
-                        span.set("messaging.rabbitmq.destination.routing_key", USER_UPDATED);
-                        span.set("messaging.message.id", event.event_id.clone());
-                    }
+                    let span = messaging::message_span(
+                        &trace,
+                        "send",
+                        &self.config.topology.exchange,
+                        &event.event_id,
+                    );
                     let origin = EventOrigin {
                         request_id: event.origin.request_id.clone(),
                         traceparent: Some(trace.traceparent()),

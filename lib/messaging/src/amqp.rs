@@ -378,6 +378,30 @@ pub async fn lost(connection: &Connection) -> String {
     }
 }
 
+/// The span of one `user.updated` message's `operation` (`send` by the relay, `process`
+/// by the worker) on `destination`, with OpenTelemetry's messaging attributes.
+pub fn message_span(
+    trace: &tandem_serving::trace::TraceContext,
+    operation: &'static str,
+    destination: &str,
+    message_id: &str,
+) -> tandem_serving::trace::Span {
+    use tandem_serving::trace::SpanKind;
+    let (name, kind) = match operation {
+        "send" => ("publish user.updated", SpanKind::Producer),
+        _ => ("process user.updated", SpanKind::Consumer),
+    };
+    let mut span = trace.span(name, kind);
+    if span.is_recording() {
+        span.set("messaging.system", "rabbitmq");
+        span.set("messaging.operation.type", operation);
+        span.set("messaging.destination.name", destination.to_owned());
+        span.set("messaging.rabbitmq.destination.routing_key", USER_UPDATED);
+        span.set("messaging.message.id", message_id.to_owned());
+    }
+    span
+}
+
 /// Where an event comes from: the request that caused the change, and its W3C trace
 /// context, carried from the gRPC call through the outbox onto the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -132,4 +132,16 @@ impl Http {
             .expect("a user id")
             .to_owned()
     }
+
+    /// An order of the sample body for `user`; its id.
+    pub async fn create_order(&self, user: &str, email: &str) -> String {
+        let reply = self
+            .post("/orders", &crate::fixtures::order_body(user, email))
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.json()["order"]["orderId"]
+            .as_str()
+            .expect("an order id")
+            .to_owned()
+    }
 }
