@@ -421,3 +421,81 @@ async fn user_contact_reaches_only_that_users_older_orders() {
         ["user_id", "contact_version", "emails", "delivery_address"]
     );
 }
+
+/// The sync worker's batch call: each contact answered on its own (a refused one fails
+/// alone), contacts of one user applied in order so an older one after a newer changes
+/// nothing, and an oversized batch refused naming the field.
+#[tokio::test]
+async fn a_batch_of_contacts_is_applied_in_one_call_and_a_bad_one_fails_alone() {
+    use tandem::proto::order::v1::ApplyUserContactsRequest;
+    use tandem::proto::order::v1::apply_user_contact_result::Outcome;
+    let (_stack, mut client) = started().await;
+    let (alice, bob) = (new_user(), new_user());
+    let alices = created(&mut client, create(&alice)).await;
+    let bobs = created(&mut client, create(&bob)).await;
+    let contact = |user: &str, version: i64, email: &str| ApplyUserContactRequest {
+        user_id: user.into(),
+        contact_version: version,
+        emails: vec![email.into()],
+        delivery_address: Some(address("1 Batch Rd")),
+    };
+    let batch = ApplyUserContactsRequest {
+        contacts: vec![
+            contact(&alice, 3, "alice3@example.com"),
+            // Version 0 breaks a rule: refused, alone.
+            contact(&bob, 0, "bob0@example.com"),
+            // Older than the one before it: changes nothing.
+            contact(&alice, 2, "alice2@example.com"),
+            contact(&bob, 4, "bob4@example.com"),
+        ],
+    };
+    let results = client
+        .apply_user_contacts(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let outcomes: Vec<String> = results
+        .iter()
+        .map(|r| match r.outcome.as_ref().unwrap() {
+            Outcome::Applied(a) => format!("applied {}/{}", a.matched_count, a.modified_count),
+            Outcome::Refused(refused) => format!("refused: {}", refused.message),
+        })
+        .collect();
+    assert_eq!(outcomes[0], "applied 1/1");
+    assert!(
+        outcomes[1].starts_with("refused: ") && outcomes[1].contains("contact_version"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2..], ["applied 1/0", "applied 1/1"]);
+    let order_of = |id: &str| GetOrderRequest {
+        order_id: id.into(),
+    };
+    let alice_now = client
+        .get_order(order_of(&alices.order_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(
+        (alice_now.emails, alice_now.contact_version),
+        (vec!["alice3@example.com".to_string()], 3)
+    );
+    let bob_now = client
+        .get_order(order_of(&bobs.order_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(bob_now.emails, ["bob4@example.com"]);
+
+    let too_many = ApplyUserContactsRequest {
+        contacts: (0..1001)
+            .map(|_| contact(&alice, 9, "a@example.com"))
+            .collect(),
+    };
+    let status = client.apply_user_contacts(too_many).await.unwrap_err();
+    assert_eq!(fields(&status), ["contacts"]);
+}

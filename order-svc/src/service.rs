@@ -9,12 +9,15 @@ use tandem::domain::{
 };
 use tandem::proto::order::v1::order_service_server::OrderService;
 use tandem::proto::order::v1::{
-    ApplyUserContactRequest, ApplyUserContactResponse, CreateOrderRequest, CreateOrderResponse,
-    GetOrderRequest, GetOrderResponse, ListOrdersRequest, ListOrdersResponse,
+    ApplyUserContactRequest, ApplyUserContactResponse, ApplyUserContactResult,
+    ApplyUserContactsRequest, ApplyUserContactsResponse, ContactRefused, CreateOrderRequest,
+    CreateOrderResponse, GetOrderRequest, GetOrderResponse, ListOrdersRequest, ListOrdersResponse,
     UpdateOrderDetailsRequest, UpdateOrderDetailsResponse, UpdateOrderStatusRequest,
     UpdateOrderStatusResponse,
 };
 use tonic::{Request, Response, Status};
+
+use tandem::proto::order::v1::apply_user_contact_result::Outcome;
 
 use crate::error::OrderError;
 use crate::model::{ListFilter, Order, OrderItem};
@@ -236,7 +239,84 @@ impl OrderApi {
             modified_count: outcome.modified as i64,
         })
     }
+
+    async fn apply_user_contacts(
+        &self,
+        request: ApplyUserContactsRequest,
+    ) -> Result<ApplyUserContactsResponse, OrderError> {
+        if request.contacts.len() > MAX_CONTACTS_PER_CALL {
+            let mut violations = Violations::default();
+            violations.add(
+                "contacts",
+                format!("at most {MAX_CONTACTS_PER_CALL} contacts per call"),
+            );
+            return Err(OrderError::Invalid(violations));
+        }
+        // Each contact is checked on its own; the valid ones are applied in one write.
+        let parsed: Vec<Result<UserContact, Violations>> = request
+            .contacts
+            .iter()
+            .map(|c| {
+                UserContact::parse(
+                    &c.user_id,
+                    c.contact_version,
+                    &c.emails,
+                    c.delivery_address.as_ref(),
+                )
+            })
+            .collect();
+        let valid: Vec<UserContact> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .cloned()
+            .collect();
+        let applied = valid.len();
+        let mut outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .apply_user_contacts(valid, tandem::domain::now())
+                .await?
+        }
+        .into_iter();
+        let mut modified = 0;
+        let results = parsed
+            .into_iter()
+            .map(|p| ApplyUserContactResult {
+                outcome: Some(match p {
+                    Ok(contact) => {
+                        let outcome = outcomes.next().unwrap_or_default();
+                        modified += outcome.modified;
+                        tracing::info!(
+                            user_id = %contact.user_id,
+                            version = contact.version,
+                            matched = outcome.matched,
+                            modified = outcome.modified,
+                            "user contact applied"
+                        );
+                        Outcome::Applied(ApplyUserContactResponse {
+                            matched_count: outcome.matched as i64,
+                            modified_count: outcome.modified as i64,
+                        })
+                    }
+                    Err(violations) => Outcome::Refused(ContactRefused {
+                        message: format!("invalid request: {violations}"),
+                    }),
+                }),
+            })
+            .collect();
+        tracing::debug!(
+            contacts = request.contacts.len(),
+            applied,
+            modified,
+            "batch of user contacts applied"
+        );
+        Ok(ApplyUserContactsResponse { results })
+    }
 }
+
+/// Most contacts in one ApplyUserContacts call.
+pub const MAX_CONTACTS_PER_CALL: usize = 1000;
 
 fn parse_items(
     raw: &[tandem::proto::order::v1::OrderItem],
@@ -322,6 +402,15 @@ impl OrderService for OrderApi {
     ) -> Result<Response<ApplyUserContactResponse>, Status> {
         Ok(Response::new(
             self.apply_user_contact(request.into_inner()).await?,
+        ))
+    }
+
+    async fn apply_user_contacts(
+        &self,
+        request: Request<ApplyUserContactsRequest>,
+    ) -> Result<Response<ApplyUserContactsResponse>, Status> {
+        Ok(Response::new(
+            self.apply_user_contacts(request.into_inner()).await?,
         ))
     }
 }

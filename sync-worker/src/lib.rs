@@ -1,7 +1,7 @@
 //! sync-worker: keeps each order's copy of its user's contact in step. It consumes
-//! `user.updated` events from RabbitMQ and calls order-svc's `ApplyUserContact`, which
-//! changes only orders whose applied contact version is older, so duplicate, late or
-//! reordered events cannot undo a newer change. Its progress lives in RabbitMQ: a
+//! `user.updated` events from RabbitMQ and calls order-svc's `ApplyUserContacts` for each
+//! batch of deliveries in hand, which changes only orders whose applied contact version
+//! is older, so duplicate, late or reordered events cannot undo a newer change. Its progress lives in RabbitMQ: a
 //! delivery is acknowledged only after it was applied.
 
 mod consumer;
@@ -36,6 +36,8 @@ pub struct Config {
     pub topology: Topology,
     /// Deliveries in hand at once.
     pub prefetch: u16,
+    /// Most events applied in one ApplyUserContacts call.
+    pub batch: usize,
     /// Deadline of one ApplyUserContact call.
     pub apply_timeout: Duration,
     /// Longest pause between retries of a transient failure.
@@ -54,7 +56,8 @@ impl Config {
             amqp_url,
             orders_url,
             topology,
-            prefetch: 32,
+            prefetch: 256,
+            batch: 128,
             apply_timeout: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(5),
             retry_budget: DEFAULT_RETRY_BUDGET,
@@ -95,6 +98,7 @@ impl Worker {
             config,
             orders: OrderServiceClient::new(channel),
             metrics,
+            single_calls_only: Default::default(),
         });
         Ok(Worker { context, registry })
     }

@@ -30,13 +30,18 @@ struct Args {
     #[command(flatten)]
     topology: Topology,
 
-    /// order-svc, whose ApplyUserContact applies each event.
+    /// order-svc, whose ApplyUserContacts applies each batch of events.
     #[arg(long, env = "ORDER_SVC_URL", default_value = "http://127.0.0.1:50053")]
     orders: String,
 
     /// Deliveries in hand at once (AMQP prefetch).
-    #[arg(long, env = "SYNC_PREFETCH", default_value_t = 32)]
+    #[arg(long, env = "SYNC_PREFETCH", default_value_t = 256)]
     prefetch: u16,
+
+    /// Most events applied in one ApplyUserContacts call (1 to 1000).
+    #[arg(long, env = "SYNC_BATCH", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    batch: u16,
 
     /// How long one event may keep failing before it is dead-lettered, in seconds
     /// (permanent refusals are dead-lettered at once).
@@ -95,6 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None | Some(Command::Run) => {
             let mut config = Config::new(args.amqp, args.orders, args.topology);
             config.prefetch = args.prefetch.max(1);
+            config.batch = usize::from(args.batch);
             config.retry_budget = std::time::Duration::from_secs(args.retry_budget_secs);
             let worker = Worker::new(config)?;
             let ops = Listeners::from_env()

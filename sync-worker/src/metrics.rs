@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 pub struct WorkerMetrics {
     pub consumed: Counter,
     pub applied: Counter,
+    pub superseded: Counter,
     pub orders_modified: Counter,
     pub retried: Counter,
     pub dead_lettered: Counter,
@@ -18,6 +19,8 @@ pub struct WorkerMetrics {
     pub connected: Gauge,
     /// From the change (the event's occurredAt) to its application, in seconds.
     pub lag: Histogram,
+    /// Events applied together (one ApplyUserContacts call per round).
+    pub batch_size: Histogram,
 }
 
 impl WorkerMetrics {
@@ -25,6 +28,7 @@ impl WorkerMetrics {
         let m = WorkerMetrics {
             consumed: Counter::default(),
             applied: Counter::default(),
+            superseded: Counter::default(),
             orders_modified: Counter::default(),
             retried: Counter::default(),
             dead_lettered: Counter::default(),
@@ -34,6 +38,8 @@ impl WorkerMetrics {
             connected: Gauge::default(),
             // 1 ms … ~65 s
             lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 1 … 512
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
         };
         registry.register(
             "events_consumed",
@@ -44,6 +50,16 @@ impl WorkerMetrics {
             "events_applied",
             "Events applied to order-svc and acknowledged",
             m.applied.clone(),
+        );
+        registry.register(
+            "events_superseded",
+            "Events acknowledged without a call of their own: a newer version of the same user, in the same batch, was applied (also counted as applied)",
+            m.superseded.clone(),
+        );
+        registry.register(
+            "apply_batch_size",
+            "Events handled per batch",
+            m.batch_size.clone(),
         );
         registry.register(
             "orders_modified",

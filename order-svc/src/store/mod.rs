@@ -100,6 +100,21 @@ pub trait OrderStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<ApplyOutcome, StoreError>;
 
+    /// `apply_user_contact` for each of `contacts`, in order, as one write where the
+    /// store can (the sync worker's batches). Later contacts of one user see the earlier
+    /// ones applied, so versions still decide. The outcomes are in the order given.
+    async fn apply_user_contacts(
+        &self,
+        contacts: Vec<UserContact>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(contacts.len());
+        for contact in &contacts {
+            outcomes.push(self.apply_user_contact(contact, now).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 use tandem::domain::{
     Address, ContactChange, EmailList, OrderId, OrderStatus, Price, UserContact, UserId,
@@ -94,18 +94,14 @@ impl SqliteOrderStore {
     /// transaction per order (as `create_order` does) would take hours.
     pub async fn bulk_insert(&self, orders: Vec<Order>) -> Result<(), StoreError> {
         self.db
-            .write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                {
-                    let mut insert = tx.prepare_cached(&format!(
-                        "INSERT INTO orders ({ORDER_COLUMNS}) \
+            .write(move |tx| {
+                let mut insert = tx.prepare_cached(&format!(
+                    "INSERT INTO orders ({ORDER_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                    ))?;
-                    for order in &orders {
-                        insert.execute(params_from_iter(order_params(order)))?;
-                    }
+                ))?;
+                for order in &orders {
+                    insert.execute(params_from_iter(order_params(order)))?;
                 }
-                tx.commit()?;
                 Ok(())
             })
             .await
@@ -239,6 +235,46 @@ fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreE
         .transpose()
 }
 
+/// Copies `contact` onto the user's orders whose applied version is lower, inside the
+/// caller's write transaction.
+fn apply_contact(
+    tx: &Connection,
+    contact: &UserContact,
+    now: DateTime<Utc>,
+) -> Result<ApplyOutcome, StoreError> {
+    let user_id = contact.user_id.to_string();
+    let a = &contact.delivery_address;
+    let matched: i64 = tx
+        .prepare_cached("SELECT count(*) FROM orders WHERE user_id = ?1")?
+        .query_row([&user_id], |row| row.get(0))?;
+    // The address of an order past 'under process' is history: keep it.
+    let modified = tx
+        .prepare_cached(
+            "UPDATE orders SET emails = ?3, contact_version = ?2, updated_at = ?9, \
+               street      = CASE order_status WHEN 'under process' THEN ?4 ELSE street END, \
+               city        = CASE order_status WHEN 'under process' THEN ?5 ELSE city END, \
+               province    = CASE order_status WHEN 'under process' THEN ?6 ELSE province END, \
+               postal_code = CASE order_status WHEN 'under process' THEN ?7 ELSE postal_code END, \
+               country     = CASE order_status WHEN 'under process' THEN ?8 ELSE country END \
+             WHERE user_id = ?1 AND contact_version < ?2",
+        )?
+        .execute(params![
+            user_id,
+            contact.version,
+            json_list(contact.emails.to_strings()),
+            a.street(),
+            a.city(),
+            a.province(),
+            a.postal_code(),
+            a.country(),
+            millis(now),
+        ])?;
+    Ok(ApplyOutcome {
+        matched: matched.max(0) as u64,
+        modified: modified as u64,
+    })
+}
+
 #[async_trait]
 impl OrderStore for SqliteOrderStore {
     async fn create_order(&self, order: &Order) -> Result<(), StoreError> {
@@ -312,13 +348,12 @@ impl OrderStore for SqliteOrderStore {
         now: DateTime<Utc>,
     ) -> Result<StatusOutcome, StoreError> {
         self.db
-            .write(move |conn| {
+            .write(move |tx| {
                 let id = order_id.to_string();
                 let earlier: Vec<Value> = statuses_before(status)
                     .into_iter()
                     .map(|s| Value::from(s.as_str().to_owned()))
                     .collect();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let moved = if earlier.is_empty() {
                     0
                 } else {
@@ -337,8 +372,7 @@ impl OrderStore for SqliteOrderStore {
                         params_from_iter(values),
                     )?
                 };
-                let current = load_order(&tx, &id)?;
-                tx.commit()?;
+                let current = load_order(tx, &id)?;
                 Ok(match current {
                     None => StatusOutcome::NotFound,
                     Some(order) if moved == 1 => StatusOutcome::Moved(order),
@@ -356,11 +390,11 @@ impl OrderStore for SqliteOrderStore {
     ) -> Result<DetailsOutcome, StoreError> {
         let change = change.clone();
         self.db
-            .write(move |conn| {
+            .write(move |tx| {
                 let id = order_id.to_string();
-                // IMMEDIATE: the status read below stays true until the write commits.
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let Some(mut order) = load_order(&tx, &id)? else {
+                // The write transaction holds the lock: the status read below stays true
+                // until the write commits.
+                let Some(mut order) = load_order(tx, &id)? else {
                     return Ok(DetailsOutcome::NotFound);
                 };
                 if let Some(address) = &change.delivery_address {
@@ -388,7 +422,6 @@ impl OrderStore for SqliteOrderStore {
                         millis(now),
                     ],
                 )?;
-                tx.commit()?;
                 Ok(DetailsOutcome::Updated(order))
             })
             .await
@@ -400,43 +433,24 @@ impl OrderStore for SqliteOrderStore {
         now: DateTime<Utc>,
     ) -> Result<ApplyOutcome, StoreError> {
         let contact = contact.clone();
-        self.db.write(move |conn| {
-            let user_id = contact.user_id.to_string();
-            let a = &contact.delivery_address;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let matched: i64 = tx.query_row(
-                "SELECT count(*) FROM orders WHERE user_id = ?1",
-                [&user_id],
-                |row| row.get(0),
-            )?;
-            // The address of an order past 'under process' is history: keep it.
-            let modified = tx.execute(
-                "UPDATE orders SET emails = ?3, contact_version = ?2, updated_at = ?9, \
-                   street      = CASE order_status WHEN 'under process' THEN ?4 ELSE street END, \
-                   city        = CASE order_status WHEN 'under process' THEN ?5 ELSE city END, \
-                   province    = CASE order_status WHEN 'under process' THEN ?6 ELSE province END, \
-                   postal_code = CASE order_status WHEN 'under process' THEN ?7 ELSE postal_code END, \
-                   country     = CASE order_status WHEN 'under process' THEN ?8 ELSE country END \
-                 WHERE user_id = ?1 AND contact_version < ?2",
-                params![
-                    user_id,
-                    contact.version,
-                    json_list(contact.emails.to_strings()),
-                    a.street(),
-                    a.city(),
-                    a.province(),
-                    a.postal_code(),
-                    a.country(),
-                    millis(now),
-                ],
-            )?;
-            tx.commit()?;
-            Ok(ApplyOutcome {
-                matched: matched.max(0) as u64,
-                modified: modified as u64,
+        self.db
+            .write(move |tx| apply_contact(tx, &contact, now))
+            .await
+    }
+
+    async fn apply_user_contacts(
+        &self,
+        contacts: Vec<UserContact>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        self.db
+            .write(move |tx| {
+                contacts
+                    .iter()
+                    .map(|contact| apply_contact(tx, contact, now))
+                    .collect()
             })
-        })
-        .await
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use tandem::domain::{Address, ContactChange, EmailList, UserId};
 use tandem_storage::sqlite::{self, Database, SqliteError, is_unique_violation};
 
@@ -182,8 +182,7 @@ impl UserStore for SqliteUserStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let user = user.clone();
         self.db
-            .write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .write(move |tx| {
                 let id = user.user_id.to_string();
                 let a = &user.delivery_address;
                 tx.execute(
@@ -206,8 +205,7 @@ impl UserStore for SqliteUserStore {
                     user.updated_at.map(millis),
                 ],
             )?;
-                claim_emails(&tx, &id, &user.emails)?;
-                tx.commit()?;
+                claim_emails(tx, &id, &user.emails)?;
                 Ok(())
             })
             .await
@@ -228,14 +226,13 @@ impl UserStore for SqliteUserStore {
     ) -> Result<User, StoreError> {
         let change = change.clone();
         self.db
-            .write(move |conn| {
-                // IMMEDIATE takes the write lock up front: the read below cannot go stale.
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .write(move |tx| {
+                // The write transaction holds the lock: the read below cannot go stale.
                 let id = user_id.to_string();
-                let current = load_user(&tx, &id)?.ok_or(StoreError::NotFound)?;
+                let current = load_user(tx, &id)?.ok_or(StoreError::NotFound)?;
                 if let Some(emails) = &change.emails {
                     tx.execute("DELETE FROM user_emails WHERE user_id = ?1", [&id])?;
-                    claim_emails(&tx, &id, emails)?;
+                    claim_emails(tx, &id, emails)?;
                 }
                 let user = current.changed(&change, stamp);
                 let a = &user.delivery_address;
@@ -270,7 +267,6 @@ impl UserStore for SqliteUserStore {
                     event.origin.tracestate,
                 ],
             )?;
-                tx.commit()?;
                 Ok(user)
             })
             .await
@@ -283,20 +279,24 @@ impl UserStore for SqliteUserStore {
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         let owner = owner.to_owned();
-        self.db.write(move |conn| {
-            let now = tandem::domain::now();
-            // Relays poll often; a plain read first keeps an empty outbox from taking the
-            // write lock the API needs.
-            let due: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM outbox WHERE lease_until <= ?1)",
-                [millis(now)],
-                |row| row.get(0),
-            )?;
-            if !due {
-                return Ok(Vec::new());
-            }
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let events = {
+        // Relays poll often; a plain read first keeps an empty outbox from queueing a
+        // write behind the API's.
+        let due: bool = self
+            .db
+            .read(|conn| {
+                Ok::<_, StoreError>(conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM outbox WHERE lease_until <= ?1)",
+                    [millis(tandem::domain::now())],
+                    |row| row.get(0),
+                )?)
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.db
+            .write(move |tx| {
+                let now = tandem::domain::now();
                 let mut claim = tx.prepare_cached(
                     "UPDATE outbox SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1 \
                      WHERE seq IN (SELECT seq FROM outbox WHERE lease_until <= ?3 ORDER BY seq LIMIT ?4) \
@@ -311,26 +311,19 @@ impl UserStore for SqliteUserStore {
                     .collect::<Result<_, _>>()?;
                 // RETURNING gives rows in no promised order.
                 rows.sort_by_key(|(seq, _)| *seq);
-                rows.into_iter().map(|(_, e)| e).collect()
-            };
-            tx.commit()?;
-            Ok(events)
-        })
-        .await
+                Ok(rows.into_iter().map(|(_, e)| e).collect())
+            })
+            .await
     }
 
     async fn complete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError> {
         let ids = event_ids.to_vec();
         self.db
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                {
-                    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
-                    for id in &ids {
-                        delete.execute([id])?;
-                    }
+            .write(move |tx| {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
+                for id in &ids {
+                    delete.execute([id])?;
                 }
-                tx.commit()?;
                 Ok(())
             })
             .await
@@ -340,18 +333,14 @@ impl UserStore for SqliteUserStore {
         let ids = event_ids.to_vec();
         let owner = owner.to_owned();
         self.db
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                {
-                    let mut release = tx.prepare_cached(
-                        "UPDATE outbox SET lease_owner = NULL, lease_until = 0 \
+            .write(move |tx| {
+                let mut release = tx.prepare_cached(
+                    "UPDATE outbox SET lease_owner = NULL, lease_until = 0 \
                      WHERE event_id = ?1 AND lease_owner = ?2",
-                    )?;
-                    for id in &ids {
-                        release.execute(params![id, owner])?;
-                    }
+                )?;
+                for id in &ids {
+                    release.execute(params![id, owner])?;
                 }
-                tx.commit()?;
                 Ok(())
             })
             .await
