@@ -3,7 +3,7 @@
 //! through one table (the canonical google.rpc.Code mapping grpc-gateway uses). Internal
 //! causes go to the log; clients get a sentence that is safe to show.
 
-use axum::Json;
+use crate::json::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;

@@ -2,7 +2,7 @@
 //! operator's page charts. Needs `Authorization: Bearer <token>`; without a configured
 //! token the admin API does not exist.
 
-use axum::Json;
+use crate::json::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! /users: each call goes to the user-svc flavor the routing dial picks (or the one
 //! `X-User-Version` names), and the answer says which in `X-Served-By`.
 
-use axum::Json;
+use crate::json::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
