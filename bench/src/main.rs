@@ -3,6 +3,7 @@
 //! release binaries first.
 
 mod guard;
+mod lists;
 mod load;
 mod migration;
 mod r1;
@@ -25,11 +26,12 @@ struct Args {
     /// r2 (sync lag), r3 (ApplyUserContact at 10k vs 1M orders), routes (every REST route
     /// under wrk), m1 (what shadow reads and the rollout analysis cost), soak (memory
     /// over a long steady load, shadowing on), g1 (what JWT verification and rate
-    /// limiting cost).
+    /// limiting cost), l1 (a page of 50 delivered orders under wrk). r2 runs after
+    /// routes, whose PUT capacity sets its last rate.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "r1,r2,r3,routes,m1,g1,soak"
+        default_value = "r1,routes,r2,l1,r3,m1,g1,soak"
     )]
     only: Vec<String>,
 
@@ -104,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             routes: None,
             m1: None,
             g1: None,
+            l1: None,
             soak: None,
             reruns: Vec::new(),
         },
@@ -130,12 +133,35 @@ async fn main() -> anyhow::Result<()> {
             report.r1_pinned = Some(r1::run(&pinned).await?);
         }
     }
+    if args.only.iter().any(|e| e == "routes") {
+        report.routes = Some(routes::run(&args.route_connections, duration).await?);
+    }
     if args.only.iter().any(|e| e == "r2") {
         report.r2.clear();
-        // At the bar's rate, and at twice it.
-        for rate in [args.sync_rate, args.sync_rate * 2.0] {
+        // At the bar's rate and twice it, at 1,000/s, and at 80 % of what the write path
+        // took in the routes run (this run's, or the report's when only r2 runs).
+        let mut rates: Vec<(f64, Option<String>)> = vec![
+            (args.sync_rate, None),
+            (args.sync_rate * 2.0, None),
+            (1000.0, None),
+        ];
+        match report
+            .routes
+            .as_ref()
+            .and_then(routes::Routes::put_capacity)
+        {
+            Some(capacity) => rates.push((
+                (capacity * 0.8).round(),
+                Some(format!(
+                    "80 % of the {capacity:.0} PUT /users/{{id}} per second the routes run took"
+                )),
+            )),
+            None => eprintln!("R2: no routes figures, so no run at 80 % of the PUT capacity"),
+        }
+        for (rate, label) in rates {
             let settings = r2::Settings {
                 rate,
+                label,
                 duration: duration * 3,
                 users: 400,
                 orders_per_user: 5,
@@ -144,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
             report.r2.push(r2::run(&settings).await?);
         }
     }
-    if args.only.iter().any(|e| e == "routes") {
-        report.routes = Some(routes::run(&args.route_connections, duration).await?);
+    if args.only.iter().any(|e| e == "l1") {
+        report.l1 = Some(lists::run(duration).await?);
     }
     if args.only.iter().any(|e| e == "m1") {
         let settings = migration::Settings {

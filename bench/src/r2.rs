@@ -16,6 +16,9 @@ use crate::stack::Stack;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct R2 {
     pub rate: f64,
+    /// Where the rate came from, when not given ("80 % of the PUT capacity, …").
+    #[serde(default)]
+    pub label: Option<String>,
     pub seconds: f64,
     pub users: usize,
     pub orders_per_user: usize,
@@ -41,6 +44,22 @@ pub struct R2 {
     pub worker_mean_lag_ms: Option<f64>,
     pub worker_p50_le_ms: Option<f64>,
     pub worker_p99_le_ms: Option<f64>,
+}
+
+impl R2 {
+    /// Whether a bar applies at this rate: 200/s and 1,000/s, and a rate derived from the
+    /// PUT capacity.
+    pub fn has_bar(&self) -> bool {
+        [200.0, 1000.0]
+            .iter()
+            .any(|bar| (self.rate - bar).abs() < 1e-9)
+            || self.label.is_some()
+    }
+
+    /// The sync kept up: p99 ≤ 100 ms and every watched update converged.
+    pub fn keeps_up(&self) -> bool {
+        self.p99_ms <= 100.0 && self.not_converged == 0
+    }
 }
 
 /// A Prometheus histogram as an ops port exposes it.
@@ -97,6 +116,7 @@ impl ScrapedHistogram {
 
 pub struct Settings {
     pub rate: f64,
+    pub label: Option<String>,
     pub duration: Duration,
     pub users: usize,
     pub orders_per_user: usize,
@@ -231,6 +251,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(R2 {
         rate: s.rate,
+        label: s.label.clone(),
         seconds: s.duration.as_secs_f64(),
         users: s.users,
         orders_per_user: s.orders_per_user,

@@ -29,6 +29,39 @@ pub struct Routes {
     pub runs: Vec<RouteRun>,
 }
 
+impl Routes {
+    /// The connection counts run, in order.
+    pub fn levels(&self) -> Vec<usize> {
+        let mut levels: Vec<usize> = self.runs.iter().map(|r| r.connections).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        levels
+    }
+
+    fn throughput(&self, route: &str, connections: usize) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|r| r.route == route && r.connections == connections)
+            .map(|r| r.throughput)
+    }
+
+    /// `route`'s throughput over GET /users/{id}'s at the same connection count.
+    pub fn ratio_to_get(&self, route: &str, connections: usize) -> Option<f64> {
+        let get = self.throughput("GET /users/{id}", connections)?;
+        Some(self.throughput(route, connections)? / get).filter(|_| get > 0.0)
+    }
+
+    /// The most PUT /users/{id} took at 16 or more connections: the write path's
+    /// capacity in this run.
+    pub fn put_capacity(&self) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.route == "PUT /users/{id}" && r.connections >= 16)
+            .map(|r| r.throughput)
+            .reduce(f64::max)
+    }
+}
+
 /// wrk's `done` hook prints one JSON line with what we need (wrk's own summary lacks
 /// p99.9 and separates nothing).
 const DONE: &str = r#"
@@ -57,7 +90,7 @@ end
 /// wrk never seeds Lua's `math.random`, so every run repeats the same sequence: the token
 /// starts with a nonce unique to this script, or a second run would reuse the first run's
 /// emails and measure 409s.
-fn script(method: &str, path: &str, body: &str, ids: &[String]) -> String {
+pub(crate) fn script(method: &str, path: &str, body: &str, ids: &[String]) -> String {
     let ids_lua: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     format!(
@@ -87,11 +120,11 @@ end
     )
 }
 
-fn address() -> &'static str {
+pub(crate) fn address() -> &'static str {
     r#"{"street":"456 Elm Avenue","city":"Ottawa","province":"ON","postalCode":"K2P 1L4","country":"Canada"}"#
 }
 
-fn run_wrk(
+pub(crate) fn run_wrk(
     base: &str,
     script_text: &str,
     connections: usize,
