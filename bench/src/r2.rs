@@ -44,6 +44,11 @@ pub struct R2 {
     pub worker_mean_lag_ms: Option<f64>,
     pub worker_p50_le_ms: Option<f64>,
     pub worker_p99_le_ms: Option<f64>,
+    /// CPU each process used over the run, as a share of one core (1.0 = a whole core),
+    /// the load generator (this process) included: on two cores, a sum near 2.0 means
+    /// the machine, not one stage, is what the pipeline ran out of.
+    #[serde(default)]
+    pub cpu_cores: Vec<(String, f64)>,
 }
 
 impl R2 {
@@ -163,6 +168,27 @@ async fn converged(
     }
 }
 
+/// `cpu` with the local RabbitMQ's (its Erlang VM, when one runs here) appended.
+fn with_rabbitmq(mut cpu: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    let pid = std::process::Command::new("pgrep")
+        .args(["-x", "beam.smp"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        });
+    if let Some(pid) = pid {
+        cpu.push((
+            "RabbitMQ".to_owned(),
+            tandem_testkit::proc::cpu_seconds(&format!("/proc/{pid}/stat")),
+        ));
+    }
+    cpu
+}
+
 pub async fn run(s: &Settings) -> anyhow::Result<R2> {
     // P = 50: both flavors, and both relays, take part.
     let stack = Stack::start(crate::stack::Options {
@@ -203,6 +229,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let users = Arc::new(users);
     let interval = Duration::from_secs_f64(1.0 / s.rate);
+    let cpu_before = with_rabbitmq(stack.cpu_seconds());
     let started = Instant::now();
     let total = (s.rate * s.duration.as_secs_f64()) as u64;
     eprintln!("R2: {total} updates at {} /s", s.rate);
@@ -243,6 +270,13 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
         });
     }
     while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_cores = cpu_before
+        .iter()
+        .zip(with_rabbitmq(stack.cpu_seconds()))
+        .map(|((name, b), (_, a))| (name.clone(), ((a - b) / elapsed * 100.0).round() / 100.0))
+        .filter(|(_, cores)| *cores >= 0.01)
+        .collect();
     let worker_lag = match &stack.worker_ops {
         Some(ops) => ScrapedHistogram::fetch(ops, "tandem_sync_sync_lag_seconds").await,
         None => None,
@@ -267,5 +301,6 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
         worker_mean_lag_ms: worker_lag.as_ref().and_then(ScrapedHistogram::mean_ms),
         worker_p50_le_ms: worker_lag.as_ref().and_then(|h| h.quantile_le_ms(0.5)),
         worker_p99_le_ms: worker_lag.as_ref().and_then(|h| h.quantile_le_ms(0.99)),
+        cpu_cores,
     })
 }

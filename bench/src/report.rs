@@ -185,6 +185,26 @@ impl Report {
                     }
                 );
             }
+            if self.r2.iter().any(|r| !r.cpu_cores.is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "\nCPU used during each rate, in cores (1.00 = one whole core; this \
+                     machine has {}), per process and in all (the load generator is the \
+                     benchmark itself: the PUTs and the watching):\n",
+                    self.machine.cores
+                );
+                let _ = writeln!(out, "| updates/s | per process | in all |");
+                let _ = writeln!(out, "|---|---|---|");
+                for r2 in &self.r2 {
+                    let per: Vec<String> = r2
+                        .cpu_cores
+                        .iter()
+                        .map(|(name, cores)| format!("{name} {cores:.2}"))
+                        .collect();
+                    let total: f64 = r2.cpu_cores.iter().map(|(_, c)| c).sum();
+                    let _ = writeln!(out, "| {:.0} | {} | {total:.2} |", r2.rate, per.join(", "));
+                }
+            }
         }
         if let Some(r3) = &self.r3 {
             let _ = writeln!(out, "\n## R3 — ApplyUserContact at scale\n");
