@@ -304,6 +304,46 @@ async fn user_contact_applies_once_and_in_version_order(store: Arc<dyn OrderStor
     store.ping().await.unwrap();
 }
 
+/// The worker's batch: outcomes in the order given, contacts of one user applied in
+/// order (an older one after a newer changes nothing), other users untouched by each
+/// other's contacts.
+async fn a_batch_of_contacts_applies_in_order(store: Arc<dyn OrderStore>) {
+    let (alice, bob) = (UserId::new_random(), UserId::new_random());
+    let alices = order(alice, OrderStatus::UnderProcess, at(1));
+    let bobs = order(bob, OrderStatus::UnderProcess, at(2));
+    for o in [&alices, &bobs] {
+        store.create_order(o).await.unwrap();
+    }
+    let outcomes = store
+        .apply_user_contacts(
+            vec![
+                contact(alice, 4, "a4@x.io", "4 Batch St"),
+                contact(bob, 2, "b2@x.io", "2 Batch St"),
+                contact(alice, 3, "a3@x.io", "3 Batch St"),
+                contact(UserId::new_random(), 1, "n@x.io", "1 St"),
+            ],
+            at(20),
+        )
+        .await
+        .unwrap();
+    let counts: Vec<(u64, u64)> = outcomes.iter().map(|o| (o.matched, o.modified)).collect();
+    assert_eq!(counts, [(1, 1), (1, 1), (1, 0), (0, 0)]);
+    let alice_now = store.get_order(alices.order_id).await.unwrap().unwrap();
+    assert_eq!(
+        (alice_now.emails, alice_now.contact_version),
+        (emails(&["a4@x.io"]), 4)
+    );
+    let bob_now = store.get_order(bobs.order_id).await.unwrap().unwrap();
+    assert_eq!(bob_now.delivery_address.street(), "2 Batch St");
+    assert!(
+        store
+            .apply_user_contacts(Vec::new(), at(21))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 // === harness ===
 
 async fn sqlite_store() -> (Arc<dyn OrderStore>, tempfile::TempDir) {
@@ -328,5 +368,6 @@ tandem_testkit::store_contract!(
         status_moves_forward_only,
         details_keep_shipped_addresses,
         user_contact_applies_once_and_in_version_order,
+        a_batch_of_contacts_applies_in_order,
     ]
 );
