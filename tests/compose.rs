@@ -403,10 +403,12 @@ fn metric_in(service: &str, port: u16, name: &str) -> f64 {
 }
 
 /// The quorum queue's members and leader, as the first of `nodes` that answers reports
-/// them (a node busy electing a new leader may not answer its CLI for a moment).
+/// them (a node busy electing a new leader may not answer its CLI for a moment; on CI's
+/// two loaded cores, once, for more than 30 s, with the next run reporting the new leader
+/// within seconds).
 async fn quorum(nodes: &[&str]) -> (Vec<String>, String) {
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "a node reporting the quorum queue",
         || async {
             nodes.iter().find_map(|node| {
