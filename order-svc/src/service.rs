@@ -22,7 +22,7 @@ use tandem::proto::order::v1::apply_user_contact_result::Outcome;
 use crate::error::OrderError;
 use crate::model::{ListFilter, Order, OrderItem};
 use crate::page_token;
-use crate::store::{DetailsOutcome, OrderStore, StatusOutcome};
+use crate::store::{ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -216,28 +216,12 @@ impl OrderApi {
         &self,
         request: ApplyUserContactRequest,
     ) -> Result<ApplyUserContactResponse, OrderError> {
-        let contact = UserContact::parse(
-            &request.user_id,
-            request.contact_version,
-            &request.emails,
-            request.delivery_address.as_ref(),
-        )
-        .map_err(OrderError::Invalid)?;
+        let contact = parse_contact(&request).map_err(OrderError::Invalid)?;
         let outcome = self
             .store
             .apply_user_contact(&contact, tandem::domain::now())
             .await?;
-        tracing::info!(
-            user_id = %contact.user_id,
-            version = contact.version,
-            matched = outcome.matched,
-            modified = outcome.modified,
-            "user contact applied"
-        );
-        Ok(ApplyUserContactResponse {
-            matched_count: outcome.matched as i64,
-            modified_count: outcome.modified as i64,
-        })
+        Ok(applied_answer(&contact, outcome))
     }
 
     async fn apply_user_contacts(
@@ -253,18 +237,8 @@ impl OrderApi {
             return Err(OrderError::Invalid(violations));
         }
         // Each contact is checked on its own; the valid ones are applied in one write.
-        let parsed: Vec<Result<UserContact, Violations>> = request
-            .contacts
-            .iter()
-            .map(|c| {
-                UserContact::parse(
-                    &c.user_id,
-                    c.contact_version,
-                    &c.emails,
-                    c.delivery_address.as_ref(),
-                )
-            })
-            .collect();
+        let parsed: Vec<Result<UserContact, Violations>> =
+            request.contacts.iter().map(parse_contact).collect();
         let valid: Vec<UserContact> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok())
@@ -287,17 +261,7 @@ impl OrderApi {
                     Ok(contact) => {
                         let outcome = outcomes.next().unwrap_or_default();
                         modified += outcome.modified;
-                        tracing::info!(
-                            user_id = %contact.user_id,
-                            version = contact.version,
-                            matched = outcome.matched,
-                            modified = outcome.modified,
-                            "user contact applied"
-                        );
-                        Outcome::Applied(ApplyUserContactResponse {
-                            matched_count: outcome.matched as i64,
-                            modified_count: outcome.modified as i64,
-                        })
+                        Outcome::Applied(applied_answer(&contact, outcome))
                     }
                     Err(violations) => Outcome::Refused(ContactRefused {
                         message: format!("invalid request: {violations}"),
@@ -312,6 +276,30 @@ impl OrderApi {
             "batch of user contacts applied"
         );
         Ok(ApplyUserContactsResponse { results })
+    }
+}
+
+fn parse_contact(request: &ApplyUserContactRequest) -> Result<UserContact, Violations> {
+    UserContact::parse(
+        &request.user_id,
+        request.contact_version,
+        &request.emails,
+        request.delivery_address.as_ref(),
+    )
+}
+
+/// Logs what applying `contact` did and answers it.
+fn applied_answer(contact: &UserContact, outcome: ApplyOutcome) -> ApplyUserContactResponse {
+    tracing::info!(
+        user_id = %contact.user_id,
+        version = contact.version,
+        matched = outcome.matched,
+        modified = outcome.modified,
+        "user contact applied"
+    );
+    ApplyUserContactResponse {
+        matched_count: outcome.matched as i64,
+        modified_count: outcome.modified as i64,
     }
 }
 
