@@ -77,7 +77,7 @@ impl OrderApi {
         self.store.create_order(&order).await?;
         tracing::info!(order_id = %order.order_id, user_id = %order.user_id, "order created");
         Ok(CreateOrderResponse {
-            order: Some(order.to_proto()),
+            order: Some(order.into_proto()),
         })
     }
 
@@ -90,7 +90,7 @@ impl OrderApi {
             .await?
             .ok_or(OrderError::NotFound(order_id))?;
         Ok(GetOrderResponse {
-            order: Some(order.to_proto()),
+            order: Some(order.into_proto()),
         })
     }
 
@@ -140,7 +140,7 @@ impl OrderApi {
             String::new()
         };
         Ok(ListOrdersResponse {
-            orders: orders.iter().map(Order::to_proto).collect(),
+            orders: orders.into_iter().map(Order::into_proto).collect(),
             next_page_token,
         })
     }
@@ -172,7 +172,7 @@ impl OrderApi {
         match outcome {
             StatusOutcome::Moved(order) | StatusOutcome::Unchanged(order) => {
                 Ok(UpdateOrderStatusResponse {
-                    order: Some(order.to_proto()),
+                    order: Some(order.into_proto()),
                 })
             }
             StatusOutcome::Backward(order) => Err(OrderError::StatusBackward {
@@ -205,7 +205,7 @@ impl OrderApi {
             .await?
         {
             DetailsOutcome::Updated(order) => Ok(UpdateOrderDetailsResponse {
-                order: Some(order.to_proto()),
+                order: Some(order.into_proto()),
             }),
             DetailsOutcome::AddressIsHistory(status) => Err(OrderError::AddressIsHistory(status)),
             DetailsOutcome::NotFound => Err(OrderError::NotFound(order_id)),

@@ -78,12 +78,17 @@ impl Address {
     }
 
     pub fn to_proto(&self) -> pb::Address {
+        self.clone().into_proto()
+    }
+
+    /// The proto message, taking the parts rather than copying them.
+    pub fn into_proto(self) -> pb::Address {
         pb::Address {
-            street: self.street.clone(),
-            city: self.city.clone(),
-            province: self.province.clone(),
-            postal_code: self.postal_code.clone(),
-            country: self.country.clone(),
+            street: self.street,
+            city: self.city,
+            province: self.province,
+            postal_code: self.postal_code,
+            country: self.country,
         }
     }
 }

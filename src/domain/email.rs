@@ -98,6 +98,11 @@ impl EmailList {
         self.0.iter().map(|e| e.0.clone()).collect()
     }
 
+    /// The addresses as text, taking them rather than copying them.
+    pub fn into_strings(self) -> Vec<String> {
+        self.0.into_iter().map(|e| e.0).collect()
+    }
+
     pub fn normalized(&self) -> Vec<String> {
         self.0.iter().map(Email::normalized).collect()
     }

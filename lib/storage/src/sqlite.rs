@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file per service in WAL mode, so user-svc v1 and v2 can
 //! share a file and see each other's writes. rusqlite is synchronous, so every call runs
-//! off tokio's async workers: reads on the blocking pool, writes on the database's one
-//! writer thread.
+//! off tokio's async workers: reads on the database's few reader threads, writes on its
+//! one writer thread.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -9,18 +9,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use r2d2::ManageConnection;
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
-
-pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
 /// Most writes committed together in one transaction.
 const MAX_GROUP: usize = 256;
 
-/// One SQLite database: a pool of connections for reads, and one writer thread that
-/// commits writes in groups.
+/// Reader threads per database, each with its own connection.
+///
+/// Reads used to run on tokio's blocking pool with an r2d2 pool of 8 connections: under
+/// 32 concurrent list calls up to 32 blocking threads took turns at 8 connections, each
+/// thread with its own cold allocator heap and caches, and 34 % of order-svc's CPU went
+/// to turning rows into orders, most of it in the allocator (perf, bench/FINDINGS.md
+/// §9). A few long-lived threads, one connection each, keep both warm. Reads of a file
+/// in the page cache are CPU work, so more threads than cores buy nothing; four leave
+/// room for reads that wait on the disk.
+const READERS: usize = 4;
+
+/// One SQLite database: a few reader threads with a connection each, and one writer
+/// thread that commits writes in groups.
 ///
 /// SQLite has a single writer, and with `synchronous=FULL` every commit waits for an
 /// fsync (about 0.5 ms on this class of disk): one commit per write capped a process
@@ -36,10 +44,13 @@ const MAX_GROUP: usize = 256;
 /// v1 and v2).
 #[derive(Clone)]
 pub struct Database {
-    pool: Pool,
+    reads: crossbeam_channel::Sender<Read>,
     writes: mpsc::UnboundedSender<Box<dyn Write>>,
     stats: Arc<WriterStats>,
 }
+
+/// A read waiting for a reader thread; it answers its caller itself.
+type Read = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// What the writer has done, for metrics and tests.
 #[derive(Debug, Default)]
@@ -53,14 +64,24 @@ pub struct WriterStats {
 }
 
 impl Database {
-    /// Runs `work` (reads only) with a pooled connection on the blocking thread pool.
+    /// Runs `work` (reads only) on one of the reader threads, with its connection.
     pub async fn read<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<SqliteError> + Send + 'static,
     {
-        run(&self.pool, work).await
+        let (done, outcome) = oneshot::channel();
+        let read: Read = Box::new(move |conn| {
+            // The caller may have gone (a cancelled request); nothing to undo.
+            let _ = done.send(work(conn));
+        });
+        if self.reads.send(read).is_err() {
+            return Err(SqliteError::Task("the sqlite readers have stopped".into()).into());
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(SqliteError::Task("the read panicked".into()).into()))
     }
 
     /// Runs `work` inside a write transaction (an IMMEDIATE one: what it reads cannot go
@@ -88,10 +109,6 @@ impl Database {
         outcome
             .await
             .unwrap_or_else(|_| Err(SqliteError::Task("the write panicked".into()).into()))
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     pub fn writer_stats(&self) -> &WriterStats {
@@ -141,6 +158,15 @@ where
         };
         // The caller may have gone (a cancelled request); the write stands regardless.
         let _ = self.done.send(answer);
+    }
+}
+
+/// A reader thread: one connection, one read at a time, until the database is dropped.
+fn serve_reads(mut conn: Connection, reads: crossbeam_channel::Receiver<Read>) {
+    for read in reads {
+        // A panicking read fails alone (its caller hears "the read panicked"); the
+        // thread and its connection carry on. A read holds no transaction open.
+        let _ = catch_unwind(AssertUnwindSafe(|| read(&mut conn)));
     }
 }
 
@@ -196,8 +222,6 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Write>]) -> Result<(), S
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteError {
-    #[error("sqlite connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("sqlite task did not finish: {0}")]
@@ -221,8 +245,8 @@ impl SqliteError {
         }
     }
 
-    /// Whether trying again later may succeed: the pool or the file was busy (another
-    /// process held the write lock past the busy timeout), or a worker thread was lost.
+    /// Whether trying again later may succeed: the file was busy (another process held
+    /// the write lock past the busy timeout), or a worker thread was lost.
     /// Anything else is a bug or a damaged file.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -230,7 +254,7 @@ impl SqliteError {
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
-            SqliteError::Pool(_) | SqliteError::Task(_) | SqliteError::Dir { .. } => true,
+            SqliteError::Task(_) | SqliteError::Dir { .. } => true,
         }
     }
 }
@@ -271,41 +295,64 @@ fn open_blocking(path: &Path, migrations: &[&str]) -> Result<Database, SqliteErr
             source,
         })?;
     }
-    let manager = SqliteConnectionManager::file(path).with_init(|conn| {
-        // While another process holds the write lock, retry every half millisecond (up to
-        // BUSY_TIMEOUT): SQLite's own busy timeout naps 1, 2, 5 … 100 ms between tries,
-        // which leaves the lock idle for most of those naps when two processes share
-        // the file (measured: POST /users p99 133 ms with it under 16 connections).
-        conn.busy_handler(Some(retry_soon))?;
-        // WAL: readers never block the writer, and two processes can share the file.
-        // synchronous=FULL: a change the API acknowledged survives a power cut, not only a
-        // crash; the outbox promise depends on it.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA foreign_keys = ON;",
-        )
-    });
-    let mut writer = manager.connect()?;
+    let mut writer = connect(path)?;
     migrate(&mut writer, migrations)?;
-    let pool = r2d2::Pool::builder()
-        .max_size(8)
-        .min_idle(Some(1))
-        .connection_timeout(BUSY_TIMEOUT)
-        .build(manager)?;
+    let (reads, read_queue) = crossbeam_channel::unbounded();
+    for _ in 0..READERS {
+        let conn = connect(path)?;
+        let read_queue = read_queue.clone();
+        std::thread::Builder::new()
+            .name("sqlite-reader".into())
+            .spawn(move || serve_reads(conn, read_queue))
+            .map_err(|e| SqliteError::Task(format!("cannot start a reader thread: {e}")))?;
+    }
     let (writes, queued) = mpsc::unbounded_channel();
     let stats = Arc::new(WriterStats::default());
-    // The thread ends when the last Database clone is dropped (the queue closes).
+    // The threads end when the last Database clone is dropped (the queues close).
     let writer_stats = stats.clone();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || write_groups(writer, queued, writer_stats))
         .map_err(|e| SqliteError::Task(format!("cannot start the writer thread: {e}")))?;
     Ok(Database {
-        pool,
+        reads,
         writes,
         stats,
     })
+}
+
+/// A connection to the file at `path`, set up the way every connection of tandem is.
+fn connect(path: &Path) -> Result<Connection, SqliteError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            // Each connection stays on its own thread; SQLite's per-connection mutex
+            // would only cost.
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // While another process holds the write lock, retry every half millisecond (up to
+    // BUSY_TIMEOUT): SQLite's own busy timeout naps 1, 2, 5 … 100 ms between tries,
+    // which leaves the lock idle for most of those naps when two processes share the
+    // file (measured: POST /users p99 133 ms with it under 16 connections).
+    conn.busy_handler(Some(retry_soon))?;
+    // Plans are made without looking at bound values (the query planner stability
+    // guarantee). Without it, the bundled SQLite (built with STAT4) marks a statement
+    // whose plan could depend on a parameter, such as `LIMIT ?`, as expired each time
+    // that parameter is bound, and prepares it again on its next step: 137 k
+    // instructions of every page of orders, 10 % of order-svc's (callgrind,
+    // bench/FINDINGS.md §9). tandem never runs ANALYZE, so no plan gains from them.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // WAL: readers never block the writer, and two processes can share the file.
+    // synchronous=FULL: a change the API acknowledged survives a power cut, not only a
+    // crash; the outbox promise depends on it.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
 }
 
 /// Applies the migrations this file lacks, under a write lock, so two processes starting
@@ -320,22 +367,6 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), SqliteError
     }
     tx.commit()?;
     Ok(())
-}
-
-/// Runs `work` with a pooled connection on the blocking thread pool.
-async fn run<T, E, F>(pool: &Pool, work: F) -> Result<T, E>
-where
-    F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
-    T: Send + 'static,
-    E: From<SqliteError> + Send + 'static,
-{
-    let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut conn = pool.get().map_err(SqliteError::from)?;
-        work(&mut conn)
-    })
-    .await
-    .map_err(|e| E::from(SqliteError::Task(e.to_string())))?
 }
 
 /// Whether an error is SQLite refusing a row for a UNIQUE or PRIMARY KEY constraint.
@@ -368,15 +399,16 @@ mod tests {
         open(&path, MIGRATIONS).await.unwrap();
         // A second open (another process, or a restart) finds nothing to do.
         let db = open(&path, MIGRATIONS).await.unwrap();
-        let conn = db.pool().get().unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        let (version, mode): (i64, String) = db
+            .read(|conn| {
+                Ok::<_, SqliteError>((
+                    conn.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                    conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+                ))
+            })
+            .await
             .unwrap();
-        assert_eq!(version, 2);
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
+        assert_eq!((version, mode.as_str()), (2, "wal"));
     }
 
     /// Writes queued behind a running commit are committed together, and one that fails
@@ -445,13 +477,13 @@ mod tests {
         assert_eq!(refused.len(), 1, "exactly the second 7 is refused");
         let panicked = panicking.await.unwrap().unwrap_err();
         assert!(panicked.to_string().contains("panicked"), "{panicked}");
-        let conn = db.pool().get().unwrap();
-        let stored: Vec<i64> = conn
-            .prepare("SELECT x FROM t ORDER BY x")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
+        let stored: Vec<i64> = db
+            .read(|conn| {
+                let mut select = conn.prepare("SELECT x FROM t ORDER BY x")?;
+                let rows = select.query_map([], |r| r.get(0))?;
+                Ok::<_, SqliteError>(rows.collect::<Result<_, _>>()?)
+            })
+            .await
             .unwrap();
         assert_eq!(stored, (-1..20).collect::<Vec<_>>(), "1000 was rolled back");
         // The first write's group, and at most one more for those queued behind it (some
@@ -469,10 +501,17 @@ mod tests {
         )
         .await
         .unwrap();
-        let conn = db.pool().get().unwrap();
-        conn.execute("INSERT INTO t VALUES ('a')", []).unwrap();
-        let err = conn.execute("INSERT INTO t VALUES ('a')", []).unwrap_err();
-        assert!(is_unique_violation(&err));
+        let insert = || {
+            db.write(|tx| {
+                tx.execute("INSERT INTO t VALUES ('a')", [])?;
+                Ok::<_, SqliteError>(())
+            })
+        };
+        insert().await.unwrap();
+        match insert().await {
+            Err(SqliteError::Sql(e)) => assert!(is_unique_violation(&e), "{e}"),
+            other => panic!("the second insert: {other:?}"),
+        }
     }
 
     /// While another process holds the write lock, opening waits in SQLite's busy handler;

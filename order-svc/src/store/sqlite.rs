@@ -1,6 +1,7 @@
 //! Orders in an embedded SQLite file. Items are a JSON column with prices as decimal
 //! strings, so no price ever passes through binary floating point.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -144,22 +145,25 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// An item as the JSON column holds it.
+/// An item as the JSON column holds it. Reading borrows its text from the column
+/// wherever it holds no escapes.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StoredItem {
-    item_id: String,
+struct StoredItem<'a> {
+    #[serde(borrow)]
+    item_id: Cow<'a, str>,
     quantity: i64,
-    price: String,
+    #[serde(borrow)]
+    price: Cow<'a, str>,
 }
 
 fn items_json(items: &[OrderItem]) -> String {
     let stored: Vec<StoredItem> = items
         .iter()
         .map(|i| StoredItem {
-            item_id: i.item_id.clone(),
+            item_id: Cow::Borrowed(&i.item_id),
             quantity: i.quantity,
-            price: i.price.to_string(),
+            price: Cow::Owned(i.price.to_string()),
         })
         .collect();
     serde_json::to_string(&stored).expect("items always serialize")
@@ -180,12 +184,18 @@ fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
 
+/// A text column, borrowed from SQLite's row buffer: the order's id, user id, status and
+/// JSON columns are read in place, not copied into strings first.
+fn text<'r>(row: &'r Row<'_>, column: usize) -> rusqlite::Result<&'r str> {
+    Ok(row.get_ref(column)?.as_str()?)
+}
+
 fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> {
-    let order_id: String = row.get(0)?;
-    let user_id: String = row.get(1)?;
-    let items: String = row.get(2)?;
-    let emails: String = row.get(3)?;
-    let status: String = row.get(9)?;
+    let order_id = text(row, 0)?;
+    let user_id = text(row, 1)?;
+    let items = text(row, 2)?;
+    let emails = text(row, 3)?;
+    let status = text(row, 9)?;
     let created_at: i64 = row.get(11)?;
     let updated_at: i64 = row.get(12)?;
     let address = Address::from_stored(
@@ -197,33 +207,32 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> 
     );
     let contact_version: i64 = row.get(10)?;
     Ok((|| {
-        let items: Vec<StoredItem> =
-            serde_json::from_str(&items).map_err(|_| corrupt(&order_id, "items"))?;
+        let items: Vec<StoredItem<'_>> =
+            serde_json::from_str(items).map_err(|_| corrupt(order_id, "items"))?;
         let items = items
             .into_iter()
             .map(|i| {
                 Ok(OrderItem {
-                    price: Price::parse(&i.price).map_err(|_| corrupt(&order_id, "price"))?,
-                    item_id: i.item_id,
+                    price: Price::parse(&i.price).map_err(|_| corrupt(order_id, "price"))?,
+                    item_id: i.item_id.into_owned(),
                     quantity: i.quantity,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let emails: Vec<String> =
-            serde_json::from_str(&emails).map_err(|_| corrupt(&order_id, "emails"))?;
+            serde_json::from_str(emails).map_err(|_| corrupt(order_id, "emails"))?;
         Ok(Order {
-            order_id: OrderId::parse(&order_id).map_err(|_| corrupt(&order_id, "order_id"))?,
-            user_id: UserId::parse(&user_id).map_err(|_| corrupt(&order_id, "user_id"))?,
+            order_id: OrderId::parse(order_id).map_err(|_| corrupt(order_id, "order_id"))?,
+            user_id: UserId::parse(user_id).map_err(|_| corrupt(order_id, "user_id"))?,
             items,
             emails: EmailList::from_stored(emails),
             delivery_address: address,
-            status: OrderStatus::from_str_opt(&status)
-                .ok_or_else(|| corrupt(&order_id, "status"))?,
+            status: OrderStatus::from_str_opt(status).ok_or_else(|| corrupt(order_id, "status"))?,
             contact_version,
             created_at: DateTime::from_timestamp_millis(created_at)
-                .ok_or_else(|| corrupt(&order_id, "created_at"))?,
+                .ok_or_else(|| corrupt(order_id, "created_at"))?,
             updated_at: DateTime::from_timestamp_millis(updated_at)
-                .ok_or_else(|| corrupt(&order_id, "updated_at"))?,
+                .ok_or_else(|| corrupt(order_id, "updated_at"))?,
         })
     })())
 }
@@ -472,14 +481,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("order_db.sqlite");
         let v1 = sqlite::open(&path, &MIGRATIONS[..1]).await.unwrap();
-        v1.pool()
-            .get()
-            .unwrap()
-            .execute(
+        v1.write(|tx| {
+            tx.execute(
                 &format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, '[{{\"itemId\":\"t\",\"quantity\":2,\"price\":\"29.99\"}}]', '[\"a@b.co\"]', 's', 'c', 'p', 'z', 'C', 'shipping', 3, 10, 20)"),
                 ["8eab397f-6890-4c61-b3f8-4f6c099e4c90", "6e3e7c1a-3c77-4c2e-9d3e-2f9a4e6d1b20"],
-            )
-            .unwrap();
+            )?;
+            Ok::<_, SqliteError>(())
+        })
+        .await
+        .unwrap();
         drop(v1);
         let store = SqliteOrderStore::open(&path).await.unwrap();
         let id = OrderId::parse("8eab397f-6890-4c61-b3f8-4f6c099e4c90").unwrap();
@@ -491,14 +501,14 @@ mod tests {
         assert_eq!(order.items[0].price.to_string(), "29.99");
         let plan: String = store
             .db
-            .pool()
-            .get()
-            .unwrap()
-            .query_row(
-                "EXPLAIN QUERY PLAN UPDATE orders SET emails = '[]' WHERE user_id = 'x' AND contact_version < 5",
-                [],
-                |row| row.get(3),
-            )
+            .read(|conn| {
+                Ok::<_, SqliteError>(conn.query_row(
+                    "EXPLAIN QUERY PLAN UPDATE orders SET emails = '[]' WHERE user_id = 'x' AND contact_version < 5",
+                    [],
+                    |row| row.get(3),
+                )?)
+            })
+            .await
             .unwrap();
         assert!(plan.contains("PRIMARY KEY (user_id=?)"), "{plan}");
     }
