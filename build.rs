@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Prost's codec, decoding each message from one contiguous slice (src/codec.rs).
+        .codec_path("crate::codec::SliceCodec")
         // The JSON form of an address (REST bodies and answers, the user.updated event) is
         // the proto3 JSON mapping of the message itself, so there is one address type on
         // the wire. Unknown fields are refused, as proto3 JSON parsers do by default;

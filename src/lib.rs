@@ -3,6 +3,7 @@
 //! a network, a disk or a clock beyond `domain::now`; serving, messaging, storage and the
 //! test kit live in crates of their own under `lib/`.
 
+pub mod codec;
 pub mod domain;
 pub mod proto;
 
