@@ -12,10 +12,8 @@ use serde_json::value::RawValue;
 
 use crate::error::{ApiError, FieldError};
 
-/// A JSON response body: axum's `Json`, but serialized into one buffer sized up front.
-/// axum's writes through a `BytesMut` writer that starts at 128 bytes: for a 25 KB page
-/// of orders that was eight regrowths and a per-write cost, 6 % of the edge's
-/// instructions on that call (callgrind, bench/FINDINGS.md).
+/// A JSON response body: axum's `Json`, but serialized into one buffer sized up front
+/// (axum's writes through a `BytesMut` writer that starts at 128 bytes and regrows).
 pub struct Json<T>(pub T);
 
 /// What most single-resource answers fit in.
@@ -27,29 +25,26 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// A JSON response expected to take about `capacity` bytes (a page of a list).
-pub struct SizedJson<T> {
-    pub value: T,
-    pub capacity: usize,
-}
+/// A JSON response body already written (a page of orders: `routes::order_page`).
+pub struct JsonBytes(pub Vec<u8>);
 
-impl<T: Serialize> IntoResponse for SizedJson<T> {
+impl IntoResponse for JsonBytes {
     fn into_response(self) -> Response {
-        json_response(&self.value, self.capacity)
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
     }
 }
 
 fn json_response<T: Serialize>(value: &T, capacity: usize) -> Response {
     let mut body = Vec::with_capacity(capacity);
     match serde_json::to_writer(&mut body, value) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
+        Ok(()) => JsonBytes(body).into_response(),
         // Only a map with non-string keys can fail, and the edge sends none: a bug.
         Err(e) => {
             tracing::error!(error = %e, "a response could not be serialized");

@@ -4,6 +4,7 @@
 
 mod admin;
 mod ops;
+mod order_page;
 mod orders;
 mod page;
 pub(crate) mod users;

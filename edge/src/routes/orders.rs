@@ -1,6 +1,6 @@
 //! /orders: always order-svc.
 
-use crate::json::{Json, SizedJson};
+use crate::json::{Json, JsonBytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,7 @@ use tandem::proto::common::v1 as common;
 use tandem::proto::order::v1 as pb;
 use utoipa::ToSchema;
 
-use super::{ContactChangeBody, SUCCESS, rfc3339};
+use super::{ContactChangeBody, SUCCESS, order_page, rfc3339};
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::json::{JsonBody, PathParam, parse_query, whole_number};
@@ -115,27 +115,36 @@ pub struct OrderView {
     pub updated_at: String,
 }
 
+/// An item's price from order-svc, or why it is unusable.
+pub(super) fn item_price(item: &pb::OrderItem) -> Result<Price, String> {
+    let price = item.price.as_ref().map_or("", |p| p.value.as_str());
+    Price::parse(price).map_err(|e| format!("order-svc sent an unusable price {price:?}: {e}"))
+}
+
+/// An order's status from order-svc, or why it is unusable.
+pub(super) fn order_status(raw: i32) -> Result<OrderStatus, String> {
+    match OrderStatus::from_proto(raw) {
+        Ok(Some(status)) => Ok(status),
+        _ => Err("order-svc sent an order without a status".to_owned()),
+    }
+}
+
 impl TryFrom<pb::Order> for OrderView {
     type Error = String;
 
     fn try_from(o: pb::Order) -> Result<Self, String> {
+        let order_status = order_status(o.order_status)?;
         let items = o
             .items
             .into_iter()
             .map(|i| {
-                let price = i.price.map(|p| p.value).unwrap_or_default();
                 Ok(ItemView {
-                    price: Price::parse(&price)
-                        .map_err(|e| format!("order-svc sent an unusable price {price:?}: {e}"))?,
+                    price: item_price(&i)?,
                     item_id: i.item_id,
                     quantity: i.quantity,
                 })
             })
             .collect::<Result<_, String>>()?;
-        let order_status = match OrderStatus::from_proto(o.order_status) {
-            Ok(Some(status)) => status,
-            _ => return Err("order-svc sent an order without a status".to_owned()),
-        };
         Ok(OrderView {
             order_id: o.order_id,
             user_id: o.user_id,
@@ -177,16 +186,6 @@ pub struct OrdersEnvelope {
     pub next_page_token: Option<String>,
 }
 
-/// A page of orders as a response, its buffer sized for it (an order of three items
-/// takes about 500 bytes of JSON).
-fn page(envelope: OrdersEnvelope) -> SizedJson<OrdersEnvelope> {
-    let capacity = 64 + envelope.orders.len() * 640;
-    SizedJson {
-        value: envelope,
-        capacity,
-    }
-}
-
 // === the handlers ===
 
 const UPSTREAM: &str = "the order service";
@@ -216,10 +215,13 @@ fn view(order: Option<pb::Order>) -> Result<OrderView, ApiError> {
     order
         .ok_or_else(|| "order-svc answered without an order".to_owned())
         .and_then(OrderView::try_from)
-        .map_err(|cause| {
-            tracing::error!(%cause, "unusable answer from order-svc");
-            upstream_error(&tonic::Status::internal(""))
-        })
+        .map_err(unusable)
+}
+
+/// An answer of order-svc the edge cannot pass on: logged, and a 500 to the client.
+fn unusable(cause: String) -> ApiError {
+    tracing::error!(%cause, "unusable answer from order-svc");
+    upstream_error(&tonic::Status::internal(""))
 }
 
 /// A token limited to one user sees other users' orders as absent (the same 404 as an
@@ -312,7 +314,7 @@ pub async fn list_orders(
     State(state): State<AppState>,
     call: Call,
     RawQuery(query): RawQuery,
-) -> Result<SizedJson<OrdersEnvelope>, ApiError> {
+) -> Result<JsonBytes, ApiError> {
     let query: ListQuery = parse_query(query.as_deref().unwrap_or(""))?;
     // `userId=` names no user: refuse it rather than list everyone's orders.
     if query.user_id.as_deref() == Some("") {
@@ -323,13 +325,7 @@ pub async fn list_orders(
         (Some(own), None) => own.to_owned(),
         (Some(own), Some(asked)) if asked == own => asked,
         // Another user's orders, to a token limited to one user: as if there were none.
-        (Some(_), Some(_)) => {
-            return Ok(page(OrdersEnvelope {
-                status: SUCCESS,
-                orders: Vec::new(),
-                next_page_token: None,
-            }));
-        }
+        (Some(_), Some(_)) => return page(&[], ""),
     };
     let request = pb::ListOrdersRequest {
         order_status: query.status.map_or(0, |s| s.to_proto() as i32),
@@ -344,16 +340,14 @@ pub async fn list_orders(
         })
         .await
         .map_err(|s| ApiError::from_status(&s, UPSTREAM, list_rename))?;
-    let orders = reply
-        .orders
-        .into_iter()
-        .map(|o| view(Some(o)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(page(OrdersEnvelope {
-        status: SUCCESS,
-        orders,
-        next_page_token: (!reply.next_page_token.is_empty()).then_some(reply.next_page_token),
-    }))
+    page(&reply.orders, &reply.next_page_token)
+}
+
+/// A page as the answer: [`OrdersEnvelope`]'s JSON, written by [`order_page`].
+fn page(orders: &[pb::Order], next_page_token: &str) -> Result<JsonBytes, ApiError> {
+    order_page::write(orders, next_page_token)
+        .map(JsonBytes)
+        .map_err(unusable)
 }
 
 /// Get an order.
