@@ -161,6 +161,28 @@ async fn grpcurl_and_python_stubs_work_against_the_real_binaries() {
             .contains(r#"tandem_user_grpc_server_requests_total{method="CreateUser",code="Ok"} 1"#),
         "{metrics}"
     );
+    // The SQLite writer's group commits: the create (and the relay's outbox work) was
+    // written and committed, each commit carrying one write or more.
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let (writes, commits) = (
+        value("tandem_user_sqlite_writes_total"),
+        value("tandem_user_sqlite_commits_total"),
+    );
+    assert!(
+        writes >= 1.0 && (1.0..=writes).contains(&commits),
+        "{metrics}"
+    );
+    assert_eq!(value("tandem_user_sqlite_writes_queued"), 0.0, "{metrics}");
 
     // SIGTERM: each process drains and exits cleanly.
     for service in [Service::UserV1, Service::UserV2, Service::Orders] {

@@ -66,6 +66,7 @@ impl OrderSvc {
     ) -> Result<(), ServeError> {
         let mut registry = Registry::with_prefix("tandem_order");
         tandem_serving::trace::register_metrics(&mut registry);
+        self.store.register_metrics(&mut registry);
         let metrics = RpcMetrics::register(&mut registry);
         let api = OrderApi::new(self.store.clone());
         let ops_addr = ops.as_ref().and_then(|l| l.local_addr().ok());

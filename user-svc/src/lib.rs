@@ -75,6 +75,7 @@ impl UserSvc {
     ) -> Result<(), ServeError> {
         let mut registry = Registry::with_prefix("tandem_user");
         tandem_serving::trace::register_metrics(&mut registry);
+        self.store.register_metrics(&mut registry);
         let metrics = RpcMetrics::register(&mut registry);
         let relay_metrics = RelayMetrics::register(&mut registry);
         let outbox_written = Arc::new(Notify::new());

@@ -114,6 +114,58 @@ impl Database {
     pub fn writer_stats(&self) -> &WriterStats {
         &self.stats
     }
+
+    /// Adds the writer's figures to `registry`, read at each scrape: `sqlite_writes_total`
+    /// and `sqlite_commits_total` (their ratio is the mean group size, the number of
+    /// writes each fsync carried) and `sqlite_writes_queued`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(WriterMetrics(self.stats.clone())));
+    }
+}
+
+/// [`WriterStats`] as Prometheus metrics.
+#[derive(Debug)]
+struct WriterMetrics(Arc<WriterStats>);
+
+impl prometheus_client::collector::Collector for WriterMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let stats = &self.0;
+        let counters = [
+            (
+                "sqlite_writes",
+                "Writes the SQLite writer answered (committed or failed)",
+                stats.writes.load(Ordering::Relaxed),
+            ),
+            (
+                "sqlite_commits",
+                "Transactions the SQLite writer committed; writes / commits is the mean group size",
+                stats.commits.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let queued = ConstGauge::new(stats.queued.load(Ordering::Relaxed) as i64);
+        queued.encode(encoder.encode_descriptor(
+            "sqlite_writes_queued",
+            "Writes waiting for the SQLite writer or in its current group",
+            None,
+            queued.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// A write waiting for the writer thread, with its caller's answer.

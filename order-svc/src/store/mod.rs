@@ -117,6 +117,10 @@ pub trait OrderStore: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Adds what the store can tell about itself to the process's metrics (the SQLite
+    /// writer's group commits); nothing by default.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
 /// Opens the store a `--store` URL names, creating its schema, indexes and validators.

@@ -470,6 +470,10 @@ impl OrderStore for SqliteOrderStore {
             })
             .await
     }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.db.register_metrics(registry);
+    }
 }
 
 #[cfg(test)]

@@ -369,4 +369,8 @@ impl UserStore for SqliteUserStore {
             })
             .await
     }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.db.register_metrics(registry);
+    }
 }
