@@ -21,7 +21,7 @@ const RESPONSE_CAPACITY: usize = 1024;
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
-        json_response(&self.0, RESPONSE_CAPACITY)
+        json_response(&self.0)
     }
 }
 
@@ -41,8 +41,8 @@ impl IntoResponse for JsonBytes {
     }
 }
 
-fn json_response<T: Serialize>(value: &T, capacity: usize) -> Response {
-    let mut body = Vec::with_capacity(capacity);
+fn json_response<T: Serialize>(value: &T) -> Response {
+    let mut body = Vec::with_capacity(RESPONSE_CAPACITY);
     match serde_json::to_writer(&mut body, value) {
         Ok(()) => JsonBytes(body).into_response(),
         // Only a map with non-string keys can fail, and the edge sends none: a bug.
