@@ -39,7 +39,7 @@ impl Price {
         if value.is_sign_negative() && !value.is_zero() {
             return Err("must not be negative".into());
         }
-        if value > Decimal::from(MAX_PRICE) {
+        if above_max(&value) {
             return Err(format!("must be at most {MAX_PRICE}"));
         }
         // -0 and 0 are one price.
@@ -47,9 +47,42 @@ impl Price {
     }
 }
 
+/// `value > MAX_PRICE`, from the mantissa: Decimal's own comparison rescales both sides,
+/// and every price order-svc reads from its store is checked.
+fn above_max(value: &Decimal) -> bool {
+    // 10^18 × 10^scale exceeds any 96-bit mantissa from scale 11 on.
+    let scale = value.scale();
+    scale <= 10 && value.mantissa().unsigned_abs() > u128::from(MAX_PRICE) * 10u128.pow(scale)
+}
+
+/// Plain decimal notation with the price's own scale (`29.99`, `5.50`, `0.000`), as
+/// rust_decimal writes it. Written here from the mantissa's digits because rust_decimal's
+/// `Display` builds the text in a buffer of its own and then pads it through the
+/// `Formatter`: some 290 instructions a price, 7 % of order-svc's list call (bench/
+/// FINDINGS.md §10). With a width or a precision asked for, rust_decimal writes it.
 impl std::fmt::Display for Price {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        if f.width().is_some() || f.precision().is_some() {
+            return self.0.fmt(f);
+        }
+        // A price is never negative (`from_decimal`), so the mantissa is its digits.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(self.0.mantissa().unsigned_abs());
+        let scale = self.0.scale() as usize;
+        if scale == 0 {
+            return f.write_str(digits);
+        }
+        if digits.len() > scale {
+            let (whole, fraction) = digits.split_at(digits.len() - scale);
+            f.write_str(whole)?;
+            f.write_str(".")?;
+            return f.write_str(fraction);
+        }
+        f.write_str("0.")?;
+        for _ in digits.len()..scale {
+            f.write_str("0")?;
+        }
+        f.write_str(digits)
     }
 }
 
@@ -120,6 +153,52 @@ mod tests {
         }
         assert_eq!(Price::parse("2.999e1").unwrap().to_string(), "29.99");
         assert_eq!(Price::parse("-0").unwrap().to_string(), "0");
+    }
+
+    /// The digits written here are rust_decimal's, for every scale and for mantissas at
+    /// the edges of a scale's digits (and widths/precisions still honoured).
+    #[test]
+    fn prices_print_as_rust_decimal_prints_them() {
+        let mut mantissas = vec![0u64, 1, 5, 9, 10, 99, 100, 101, 1999, 123_456_789];
+        for digits in 1..=19u32 {
+            mantissas.push(10u64.pow(digits - 1));
+            mantissas.push(10u64.pow(digits - 1) + 7);
+            if digits < 20 {
+                mantissas.push(10u64.saturating_pow(digits) - 1);
+            }
+        }
+        let mut checked = 0;
+        for scale in 0..=28u32 {
+            for &m in &mantissas {
+                let value = Decimal::from_i128_with_scale(i128::from(m), scale);
+                let Ok(price) = Price::from_decimal(value) else {
+                    continue;
+                };
+                assert_eq!(price.to_string(), value.to_string(), "{m} at scale {scale}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 500, "{checked}");
+        let price = Price::parse("29.99").unwrap();
+        let decimal = price.as_decimal();
+        assert_eq!(
+            format!("{price:.1}|{price:>8}|{price:<7}|"),
+            format!("{decimal:.1}|{decimal:>8}|{decimal:<7}|")
+        );
+        assert_eq!(format!("{price:>8}"), "   29.99");
+        assert_eq!(Price::parse("0.000").unwrap().to_string(), "0.000");
+    }
+
+    #[test]
+    fn the_largest_price_is_exactly_the_bound_whatever_its_scale() {
+        assert!(Price::parse("1000000000000000000").is_ok());
+        assert!(Price::parse("1000000000000000000.0000000000").is_ok());
+        assert!(Price::parse("1000000000000000000.0000000001").is_err());
+        assert!(Price::parse("1000000000000000001").is_err());
+        assert!(Price::parse("999999999999999999.9999999999").is_ok());
+        // Scale 11 and more: the mantissa cannot reach the bound.
+        assert!(Price::parse("999999999999999.99999999999").is_ok());
+        assert!(Price::parse("0.0000000000000000000000000001").is_ok());
     }
 
     #[test]
