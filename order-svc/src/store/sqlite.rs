@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tandem::domain::{
     Address, ContactChange, EmailList, OrderId, OrderStatus, Price, UserContact, UserId,
 };
@@ -25,7 +25,7 @@ const MIGRATIONS: &[&str] = &[
 CREATE TABLE orders (
     order_id        TEXT PRIMARY KEY NOT NULL,
     user_id         TEXT NOT NULL,
-    items           TEXT NOT NULL,      -- JSON [{"itemId","quantity","price":"29.99"}]
+    items           TEXT NOT NULL,      -- JSON [["itemId",quantity,"29.99"]] (items_json)
     emails          TEXT NOT NULL,      -- JSON array
     street          TEXT NOT NULL,
     city            TEXT NOT NULL,
@@ -145,9 +145,13 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// An item as the JSON column holds it. Reading borrows its text from the column
+/// An item as the JSON column holds it: `["book-1",2,"29.99"]` (item id, quantity, price
+/// as text). Rows written before 2026-12 hold `{"itemId":…,"quantity":…,"price":…}`;
+/// serde reads a struct from either, so both forms load, and a binary of before reads
+/// the new form too. The array form costs the list call half the parsing (no keys to
+/// read and match: bench/FINDINGS.md §10). Reading borrows the text from the column
 /// wherever it holds no escapes.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredItem<'a> {
     #[serde(borrow)]
@@ -158,13 +162,9 @@ struct StoredItem<'a> {
 }
 
 fn items_json(items: &[OrderItem]) -> String {
-    let stored: Vec<StoredItem> = items
+    let stored: Vec<(&str, i64, String)> = items
         .iter()
-        .map(|i| StoredItem {
-            item_id: Cow::Borrowed(&i.item_id),
-            quantity: i.quantity,
-            price: Cow::Owned(i.price.to_string()),
-        })
+        .map(|i| (i.item_id.as_str(), i.quantity, i.price.to_string()))
         .collect();
     serde_json::to_string(&stored).expect("items always serialize")
 }
@@ -479,6 +479,50 @@ impl OrderStore for SqliteOrderStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Items are written as arrays; rows of the earlier map form still load, and both
+    /// forms are read by the same struct (so a binary of before reads the new rows).
+    #[tokio::test]
+    async fn items_are_stored_as_arrays_and_the_earlier_map_form_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
+            .await
+            .unwrap();
+        let items = vec![
+            OrderItem {
+                item_id: "book \"one\"".into(),
+                quantity: 2,
+                price: Price::parse("29.90").unwrap(),
+            },
+            OrderItem {
+                item_id: "mug".into(),
+                quantity: 1,
+                price: Price::parse("0.5").unwrap(),
+            },
+        ];
+        let written = items_json(&items);
+        assert_eq!(written, r#"[["book \"one\"",2,"29.90"],["mug",1,"0.5"]]"#);
+        let map_form = r#"[{"itemId":"book \"one\"","quantity":2,"price":"29.90"},{"itemId":"mug","quantity":1,"price":"0.5"}]"#;
+        for (i, column) in [written.as_str(), map_form].into_iter().enumerate() {
+            let order_id = OrderId::new_random();
+            let column = column.to_owned();
+            store
+                .db
+                .write(move |tx| {
+                    tx.execute(
+                        &format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, '[\"a@b.co\"]', 's', 'c', 'p', 'z', 'C', 'shipping', 3, 10, 20)"),
+                        params![order_id.to_string(), "6e3e7c1a-3c77-4c2e-9d3e-2f9a4e6d1b20", column],
+                    )?;
+                    Ok::<_, SqliteError>(())
+                })
+                .await
+                .unwrap();
+            let order = store.get_order(order_id).await.unwrap().unwrap();
+            assert_eq!(order.items, items, "form {i}");
+        }
+        let both: Vec<StoredItem> = serde_json::from_str(map_form).unwrap();
+        assert_eq!(both[1].price, "0.5");
+    }
 
     #[tokio::test]
     async fn orders_survive_the_move_to_the_clustered_table() {
