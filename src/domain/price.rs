@@ -159,18 +159,21 @@ mod tests {
     /// the edges of a scale's digits (and widths/precisions still honoured).
     #[test]
     fn prices_print_as_rust_decimal_prints_them() {
-        let mut mantissas = vec![0u64, 1, 5, 9, 10, 99, 100, 101, 1999, 123_456_789];
-        for digits in 1..=19u32 {
-            mantissas.push(10u64.pow(digits - 1));
-            mantissas.push(10u64.pow(digits - 1) + 7);
-            if digits < 20 {
-                mantissas.push(10u64.saturating_pow(digits) - 1);
+        // Up to 29 digits: past u64 (20 digits) and to 10^28, within Decimal's 96 bits.
+        let mut mantissas = vec![0i128, 1, 5, 9, 10, 99, 100, 101, 1999, 123_456_789];
+        for digits in 1..=29u32 {
+            mantissas.push(10i128.pow(digits - 1));
+            mantissas.push(10i128.pow(digits - 1) + 7);
+            if digits <= 28 {
+                mantissas.push(10i128.pow(digits) - 1);
             }
         }
+        mantissas.push(i128::from(u64::MAX));
+        mantissas.push(i128::from(u64::MAX) + 1);
         let mut checked = 0;
         for scale in 0..=28u32 {
             for &m in &mantissas {
-                let value = Decimal::from_i128_with_scale(i128::from(m), scale);
+                let value = Decimal::from_i128_with_scale(m, scale);
                 let Ok(price) = Price::from_decimal(value) else {
                     continue;
                 };
