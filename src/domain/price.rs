@@ -50,9 +50,20 @@ impl Price {
 /// `value > MAX_PRICE`, from the mantissa: Decimal's own comparison rescales both sides,
 /// and every price order-svc reads from its store is checked.
 fn above_max(value: &Decimal) -> bool {
-    // 10^18 × 10^scale exceeds any 96-bit mantissa from scale 11 on.
-    let scale = value.scale();
-    scale <= 10 && value.mantissa().unsigned_abs() > u128::from(MAX_PRICE) * 10u128.pow(scale)
+    // MAX_PRICE at scales 0 to 10; 10^18 × 10^scale exceeds any 96-bit mantissa from
+    // scale 11 on.
+    const BOUNDS: [u128; 11] = {
+        let mut bounds = [MAX_PRICE as u128; 11];
+        let mut scale = 1;
+        while scale < 11 {
+            bounds[scale] = bounds[scale - 1] * 10;
+            scale += 1;
+        }
+        bounds
+    };
+    BOUNDS
+        .get(value.scale() as usize)
+        .is_some_and(|bound| value.mantissa().unsigned_abs() > *bound)
 }
 
 /// Plain decimal notation with the price's own scale (`29.99`, `5.50`, `0.000`), as
@@ -66,8 +77,14 @@ impl std::fmt::Display for Price {
             return self.0.fmt(f);
         }
         // A price is never negative (`from_decimal`), so the mantissa is its digits.
+        // u64 digits when the mantissa fits (any price with fewer than 20 digits): itoa's
+        // u128 path divides in 128 bits.
+        let mantissa = self.0.mantissa().unsigned_abs();
         let mut digits = itoa::Buffer::new();
-        let digits = digits.format(self.0.mantissa().unsigned_abs());
+        let digits = match u64::try_from(mantissa) {
+            Ok(small) => digits.format(small),
+            Err(_) => digits.format(mantissa),
+        };
         let scale = self.0.scale() as usize;
         if scale == 0 {
             return f.write_str(digits);
