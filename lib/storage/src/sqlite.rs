@@ -231,9 +231,10 @@ fn write_groups(
     stats: Arc<WriterStats>,
 ) {
     while let Some(first) = writes.blocking_recv() {
+        // The rest of the group is taken once BEGIN holds the file's lock (commit_group),
+        // so writes queued while it waited for another process join too.
         let mut group = Vec::with_capacity(16);
         group.push(first);
-        take_queued(&mut writes, &mut group);
         stats.groups.fetch_add(1, Ordering::Relaxed);
         let committed = commit_group(&conn, &mut group, &mut writes);
         if committed.is_err() && !conn.is_autocommit() {
