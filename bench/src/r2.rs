@@ -44,6 +44,14 @@ pub struct R2 {
     pub worker_mean_lag_ms: Option<f64>,
     pub worker_p50_le_ms: Option<f64>,
     pub worker_p99_le_ms: Option<f64>,
+    /// The relays' share of that lag, over every update: from a change to the broker's
+    /// confirm of its event (both flavors' relays together), the same buckets.
+    #[serde(default)]
+    pub relay_mean_lag_ms: Option<f64>,
+    #[serde(default)]
+    pub relay_p50_le_ms: Option<f64>,
+    #[serde(default)]
+    pub relay_p99_le_ms: Option<f64>,
     /// CPU each process used over the run, as a share of one core (1.0 = a whole core),
     /// the load generator (this process) included: on two cores, a sum near 2.0 means
     /// the machine, not one stage, is what the pipeline ran out of.
@@ -103,6 +111,28 @@ impl ScrapedHistogram {
             count: value("count")?,
             buckets,
         })
+    }
+
+    /// One histogram of the same name from several processes, with the same buckets.
+    async fn fetch_all(ops: &[String], name: &str) -> Option<ScrapedHistogram> {
+        let mut all: Option<ScrapedHistogram> = None;
+        for one in ops {
+            let h = Self::fetch(one, name).await?;
+            all = Some(match all {
+                None => h,
+                Some(a) => ScrapedHistogram {
+                    sum: a.sum + h.sum,
+                    count: a.count + h.count,
+                    buckets: a
+                        .buckets
+                        .iter()
+                        .zip(&h.buckets)
+                        .map(|((le, x), (_, y))| (*le, x + y))
+                        .collect(),
+                },
+            });
+        }
+        all
     }
 
     fn mean_ms(&self) -> Option<f64> {
@@ -281,6 +311,9 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
         Some(ops) => ScrapedHistogram::fetch(ops, "tandem_sync_sync_lag_seconds").await,
         None => None,
     };
+    let relay_lag =
+        ScrapedHistogram::fetch_all(&stack.user_ops, "tandem_user_outbox_publish_lag_seconds")
+            .await;
     let h = histogram.lock().expect("no panics while recording");
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(R2 {
@@ -301,6 +334,9 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
         worker_mean_lag_ms: worker_lag.as_ref().and_then(ScrapedHistogram::mean_ms),
         worker_p50_le_ms: worker_lag.as_ref().and_then(|h| h.quantile_le_ms(0.5)),
         worker_p99_le_ms: worker_lag.as_ref().and_then(|h| h.quantile_le_ms(0.99)),
+        relay_mean_lag_ms: relay_lag.as_ref().and_then(ScrapedHistogram::mean_ms),
+        relay_p50_le_ms: relay_lag.as_ref().and_then(|h| h.quantile_le_ms(0.5)),
+        relay_p99_le_ms: relay_lag.as_ref().and_then(|h| h.quantile_le_ms(0.99)),
         cpu_cores,
     })
 }

@@ -143,7 +143,9 @@ impl Report {
                  every update, or checking at a fixed interval, loaded it more than the \
                  sync did). The worker's own view covers every update: its `sync_lag_seconds` \
                  histogram, from a change's commit to its application (mean, and the bucket \
-                 bounds holding p50 and p99). Bars: p99 ≤ 100 ms with every watched update \
+                 bounds holding p50 and p99); the relays' share of it is their \
+                 `outbox_publish_lag_seconds`, from the change to the broker's confirm of \
+                 its event (both relays together). Bars: p99 ≤ 100 ms with every watched update \
                  converged, at 200 and 1,000 updates/s and at 80 % of the PUT capacity the \
                  routes run measured.\n",
                 first.users,
@@ -154,9 +156,9 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "| updates/s | updates (watched) | p50 ms | p99 ms | p99.9 ms | max ms | not converged in 10 s | worker's mean ms | worker's p50, p99 ≤ ms |"
+                "| updates/s | updates (watched) | p50 ms | p99 ms | p99.9 ms | max ms | not converged in 10 s | worker's mean ms | worker's p50, p99 ≤ ms | relays' mean ms | relays' p50, p99 ≤ ms |"
             );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
             for r2 in &self.r2 {
                 let bar = if r2.has_bar() {
                     format!(" ({})", verdict(r2.keeps_up()))
@@ -169,7 +171,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "| {rate} | {} ({}) | {:.1} | {:.1}{bar} | {:.1} | {:.1} | {} | {} | {} |",
+                    "| {rate} | {} ({}) | {:.1} | {:.1}{bar} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                     r2.updates,
                     r2.watched,
                     r2.p50_ms,
@@ -180,6 +182,12 @@ impl Report {
                     r2.worker_mean_lag_ms
                         .map_or("-".to_owned(), |m| format!("{m:.1}")),
                     match (r2.worker_p50_le_ms, r2.worker_p99_le_ms) {
+                        (Some(p50), Some(p99)) => format!("{p50:.0}, {p99:.0}"),
+                        _ => "-".to_owned(),
+                    },
+                    r2.relay_mean_lag_ms
+                        .map_or("-".to_owned(), |m| format!("{m:.1}")),
+                    match (r2.relay_p50_le_ms, r2.relay_p99_le_ms) {
                         (Some(p50), Some(p99)) => format!("{p50:.0}, {p99:.0}"),
                         _ => "-".to_owned(),
                     }

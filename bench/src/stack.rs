@@ -16,6 +16,8 @@ pub struct Stack {
     /// http://127.0.0.1:PORT of the edge.
     pub edge: String,
     pub worker_ops: Option<String>,
+    /// The ops ports of user-svc v1 and v2, where their outbox relays count.
+    pub user_ops: Vec<String>,
 }
 
 pub struct Options {
@@ -138,6 +140,11 @@ impl Stack {
             orders: inner.addr(Service::Orders).to_string(),
             edge: inner.url(Service::Edge),
             worker_ops: options.sync.then(|| inner.ops(Service::Worker)),
+            user_ops: if options.sync {
+                vec![inner.ops(Service::UserV1), inner.ops(Service::UserV2)]
+            } else {
+                Vec::new()
+            },
             inner,
         })
     }

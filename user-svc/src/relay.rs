@@ -16,6 +16,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tandem_messaging::EventOrigin;
 use tandem_messaging::Topology;
@@ -55,8 +56,8 @@ impl RelayConfig {
     }
 }
 
-/// The relay's counters and gauges.
-#[derive(Clone, Default)]
+/// The relay's counters, gauges and its one histogram.
+#[derive(Clone)]
 pub struct RelayMetrics {
     published: Counter,
     failed: Counter,
@@ -64,11 +65,35 @@ pub struct RelayMetrics {
     connected: Gauge,
     pending: Gauge,
     oldest_age: Gauge,
+    /// From a change (its event's occurredAt) to the broker's confirm of the event: the
+    /// outbox's share of the sync lag (the worker's `sync_lag_seconds` is the whole of it), so an operator, or
+    /// the benchmark, can tell which side of RabbitMQ a slow sync is waiting on.
+    publish_lag: Histogram,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        RelayMetrics {
+            published: Counter::default(),
+            failed: Counter::default(),
+            reconnects: Counter::default(),
+            connected: Gauge::default(),
+            pending: Gauge::default(),
+            oldest_age: Gauge::default(),
+            // 1 ms … ~65 s: the buckets of the worker's sync lag, so the two compare.
+            publish_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+        }
+    }
 }
 
 impl RelayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = RelayMetrics::default();
+        registry.register(
+            "outbox_publish_lag_seconds",
+            "From a change (its event's occurredAt) to the broker's confirm of the event",
+            m.publish_lag.clone(),
+        );
         registry.register(
             "outbox_published",
             "user.updated events published and confirmed by the broker",
@@ -287,6 +312,11 @@ impl Relay {
         let confirmed_ids: Vec<String> = confirmed.iter().map(|e| e.event_id.clone()).collect();
         let failed_ids: Vec<String> = failed.iter().map(|e| e.event_id.clone()).collect();
         self.metrics.published.inc_by(confirmed_ids.len() as u64);
+        let now = chrono::Utc::now();
+        for e in &confirmed {
+            let lag = (now - e.created_at).to_std().unwrap_or_default();
+            self.metrics.publish_lag.observe(lag.as_secs_f64());
+        }
         self.metrics.failed.inc_by(failed_ids.len() as u64);
         if !confirmed_ids.is_empty() {
             // If this fails the events stay leased and are published again after the
