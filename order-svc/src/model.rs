@@ -77,3 +77,15 @@ pub struct PageCursor {
     pub created_at: DateTime<Utc>,
     pub order_id: OrderId,
 }
+
+impl PageCursor {
+    /// Where `order`, as the list call answers it, sits; `None` if its id or creation
+    /// time cannot be read back.
+    pub fn of_proto(order: &pb::Order) -> Option<PageCursor> {
+        let created_at = order.created_at.as_ref()?;
+        Some(PageCursor {
+            created_at: DateTime::from_timestamp(created_at.seconds, created_at.nanos as u32)?,
+            order_id: OrderId::parse(&order.order_id).ok()?,
+        })
+    }
+}

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use crate::grpc::order_service_server::OrderService;
 use tandem::domain::{
     Address, ContactChange, DELIVERY_ADDRESS_PATH, EMAILS_PATH, EmailCheck, EmailList, OrderId,
     OrderStatus, Price, UserContact, UserId, Violations, required_text,
 };
-use tandem::proto::order::v1::order_service_server::OrderService;
 use tandem::proto::order::v1::{
     ApplyUserContactRequest, ApplyUserContactResponse, ApplyUserContactResult,
     ApplyUserContactsRequest, ApplyUserContactsResponse, ContactRefused, CreateOrderRequest,
-    CreateOrderResponse, GetOrderRequest, GetOrderResponse, ListOrdersRequest, ListOrdersResponse,
+    CreateOrderResponse, GetOrderRequest, GetOrderResponse, ListOrdersRequest,
     UpdateOrderDetailsRequest, UpdateOrderDetailsResponse, UpdateOrderStatusRequest,
     UpdateOrderStatusResponse,
 };
@@ -23,6 +23,7 @@ use crate::error::OrderError;
 use crate::model::{ListFilter, Order, OrderItem};
 use crate::page_token;
 use crate::store::{ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome};
+use crate::wire::EncodedListOrdersResponse;
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -94,7 +95,10 @@ impl OrderApi {
         })
     }
 
-    async fn list(&self, request: ListOrdersRequest) -> Result<ListOrdersResponse, OrderError> {
+    async fn list(
+        &self,
+        request: ListOrdersRequest,
+    ) -> Result<EncodedListOrdersResponse, OrderError> {
         let mut violations = Violations::new();
         let status = violations
             .check(
@@ -129,20 +133,12 @@ impl OrderApi {
             return Err(OrderError::Invalid(violations));
         }
         // One more than a page tells whether another page follows.
-        let mut orders = self.store.list_orders(filter, after, page_size + 1).await?;
-        let next_page_token = if orders.len() > page_size {
-            orders.truncate(page_size);
-            orders
-                .last()
-                .map(|last| page_token::encode(last.cursor(), filter))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(ListOrdersResponse {
-            orders: orders.into_iter().map(Order::into_proto).collect(),
-            next_page_token,
-        })
+        let page = self.store.list_page(filter, after, page_size).await?;
+        let next_page_token = page
+            .next
+            .map(|cursor| page_token::encode(cursor, filter))
+            .unwrap_or_default();
+        Ok(EncodedListOrdersResponse::new(page, next_page_token))
     }
 
     async fn update_status(
@@ -362,7 +358,7 @@ impl OrderService for OrderApi {
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
-    ) -> Result<Response<ListOrdersResponse>, Status> {
+    ) -> Result<Response<EncodedListOrdersResponse>, Status> {
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 

@@ -344,6 +344,65 @@ async fn a_batch_of_contacts_applies_in_order(store: Arc<dyn OrderStore>) {
     );
 }
 
+/// The list call's messages are the orders a get returns, as messages: exact prices
+/// (trailing zeros, 27 digits, zero), text that JSON must escape, every status, applied
+/// contacts and moved statuses alike, and pages that continue where they stopped.
+async fn lists_serve_what_gets_serve(store: Arc<dyn OrderStore>) {
+    let user = UserId::new_random();
+    let mut made = Vec::new();
+    for (i, status) in OrderStatus::ALL.into_iter().enumerate() {
+        let mut o = order(user, status, at(i as i64));
+        o.items.push(OrderItem {
+            item_id: "Lamp \"Noguchi\" \\ 50\u{a0}cm \u{1F4A1}".into(),
+            quantity: 9_000_000_000,
+            price: Price::parse("123456789012345678.123456789").unwrap(),
+        });
+        o.items.push(OrderItem {
+            item_id: "Free".into(),
+            quantity: 1,
+            price: Price::parse("0").unwrap(),
+        });
+        store.create_order(&o).await.unwrap();
+        made.push(o.order_id);
+    }
+    store
+        .apply_user_contact(&contact(user, 4, "zoë@example.com", "9 Rue d'Été"), at(10))
+        .await
+        .unwrap();
+    store
+        .update_status(made[0], OrderStatus::Shipping, at(11))
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for id in &made {
+        expected.push(store.get_order(*id).await.unwrap().unwrap().into_proto());
+    }
+    let filter = ListFilter {
+        status: None,
+        user_id: Some(user),
+    };
+    let page = store.list_page(filter, None, 10).await.unwrap();
+    assert_eq!(page.next, None);
+    let listed = page.decode_orders().unwrap();
+    assert_eq!(listed, expected);
+    assert_eq!(
+        listed[1].items[2].price.as_ref().unwrap().value,
+        "123456789012345678.123456789"
+    );
+    // A page, then the rest after where it says the next one starts.
+    let first = store.list_page(filter, None, 2).await.unwrap();
+    let after = first
+        .next
+        .expect("a page of 2 of 3 orders says where the next starts");
+    let rest = store.list_page(filter, Some(after), 10).await.unwrap();
+    assert_eq!(rest.next, None);
+    let (first, rest) = (
+        first.decode_orders().unwrap(),
+        rest.decode_orders().unwrap(),
+    );
+    assert_eq!([first, rest].concat(), expected);
+}
+
 // === harness ===
 
 async fn sqlite_store() -> (Arc<dyn OrderStore>, tempfile::TempDir) {
@@ -369,5 +428,6 @@ tandem_testkit::store_contract!(
         details_keep_shipped_addresses,
         user_contact_applies_once_and_in_version_order,
         a_batch_of_contacts_applies_in_order,
+        lists_serve_what_gets_serve,
     ]
 );

@@ -14,6 +14,7 @@ use tandem::domain::{ContactChange, OrderId, OrderStatus, UserContact};
 use tandem_storage::StoreUrl;
 
 use crate::model::{ListFilter, Order, PageCursor};
+use crate::wire::{Page, PageEncoder};
 
 pub use mongo::MongoOrderStore;
 pub use sqlite::SqliteOrderStore;
@@ -74,6 +75,23 @@ pub trait OrderStore: Send + Sync + 'static {
         after: Option<PageCursor>,
         limit: usize,
     ) -> Result<Vec<Order>, StoreError>;
+
+    /// A page of the list call: up to `page_size` orders after `after`, encoded as they
+    /// are read (src/wire.rs), and where the next page starts if more follow. The
+    /// embedded store builds each message straight from its row, on its reader thread;
+    /// by default the page is made from `list_orders`.
+    async fn list_page(
+        &self,
+        filter: ListFilter,
+        after: Option<PageCursor>,
+        page_size: usize,
+    ) -> Result<Page, StoreError> {
+        let mut page = PageEncoder::new(page_size);
+        for order in self.list_orders(filter, after, page_size + 1).await? {
+            page.push(order.into_proto());
+        }
+        page.finish()
+    }
 
     /// Sets `status` if that moves the order forward, atomically.
     async fn update_status(
