@@ -266,34 +266,25 @@ impl Relay {
         let lost = messaging::lost(connection);
         tokio::pin!(lost);
         let mut published = false;
-        // Events the broker confirmed, deleted with the next claim (which follows at once
-        // after a batch): one commit a batch rather than two.
-        let mut done: Vec<String> = Vec::new();
-        let end = loop {
-            match self.publish_due(channel, &mut done).await {
+        loop {
+            match self.publish_due(channel).await {
                 Ok(n) if n > 0 => {
                     published = true;
                     continue; // more may be due
                 }
                 Ok(_) => {}
-                Err(Failure::Channel(reason)) => break SessionEnd::Lost { reason, published },
+                Err(Failure::Channel(reason)) => return SessionEnd::Lost { reason, published },
                 Err(Failure::Store(reason)) => {
                     tracing::warn!(%reason, "outbox relay cannot read the outbox");
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-                reason = &mut lost => break SessionEnd::Lost { reason, published },
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                reason = &mut lost => return SessionEnd::Lost { reason, published },
                 _ = self.written.notified() => {}
                 _ = tokio::time::sleep(self.config.idle_poll) => {}
             }
-        };
-        // Left only when the store failed: if this fails too, the events stay leased and
-        // are published again after the lease, a duplicate, never a loss.
-        if !done.is_empty() {
-            let _ = self.store.complete_outbox(&done).await;
         }
-        end
     }
 
     async fn refresh_stats(&self) {
@@ -307,20 +298,13 @@ impl Relay {
         }
     }
 
-    /// Deletes the events `done` names and claims due ones, in one write, and publishes
-    /// them; returns how many it claimed. When every one is confirmed, their ids are left
-    /// in `done` for the next call; otherwise the confirmed ones are deleted now.
-    async fn publish_due(
-        &self,
-        channel: &Channel,
-        done: &mut Vec<String>,
-    ) -> Result<usize, Failure> {
+    /// Claims due events and publishes them; returns how many it claimed.
+    async fn publish_due(&self, channel: &Channel) -> Result<usize, Failure> {
         let events = self
             .store
-            .complete_and_claim_outbox(done, &self.owner, self.config.lease, self.config.batch)
+            .claim_outbox(&self.owner, self.config.lease, self.config.batch)
             .await
             .map_err(|e| Failure::Store(e.to_string()))?;
-        done.clear();
         if events.is_empty() {
             return Ok(0);
         }
@@ -328,33 +312,34 @@ impl Relay {
         let confirmed_ids: Vec<String> = confirmed.iter().map(|e| e.event_id.clone()).collect();
         let failed_ids: Vec<String> = failed.iter().map(|e| e.event_id.clone()).collect();
         self.metrics.published.inc_by(confirmed_ids.len() as u64);
-        self.metrics.failed.inc_by(failed_ids.len() as u64);
         let now = chrono::Utc::now();
         for e in &confirmed {
             let lag = (now - e.created_at).to_std().unwrap_or_default();
             self.metrics.publish_lag.observe(lag.as_secs_f64());
-            tracing::debug!(event_id = %e.event_id, user_id = %e.user_id, version = e.version, request_id = e.origin.request_id.as_deref().unwrap_or("-"), trace_id = e.origin.trace_id().unwrap_or("-"), "event published");
         }
-        if failed_ids.is_empty() && broken.is_none() {
-            *done = confirmed_ids;
-            return Ok(events.len());
-        }
-        // The session ends here: delete what was confirmed before it does. If this fails
-        // the events stay leased and are published again after the lease: a duplicate,
-        // never a loss.
+        self.metrics.failed.inc_by(failed_ids.len() as u64);
         if !confirmed_ids.is_empty() {
+            // If this fails the events stay leased and are published again after the
+            // lease: a duplicate, never a loss.
             self.store
                 .complete_outbox(&confirmed_ids)
                 .await
                 .map_err(|e| Failure::Store(e.to_string()))?;
+            for e in &confirmed {
+                tracing::debug!(event_id = %e.event_id, user_id = %e.user_id, version = e.version, request_id = e.origin.request_id.as_deref().unwrap_or("-"), trace_id = e.origin.trace_id().unwrap_or("-"), "event published");
+            }
         }
         if !failed_ids.is_empty() {
             let _ = self.store.release_outbox(&self.owner, &failed_ids).await;
         }
-        Err(Failure::Channel(match broken {
-            Some(reason) => reason,
-            None => format!("{} events were not confirmed", failed_ids.len()),
-        }))
+        match broken {
+            Some(reason) => Err(Failure::Channel(reason)),
+            None if !failed_ids.is_empty() => Err(Failure::Channel(format!(
+                "{} events were not confirmed",
+                failed_ids.len()
+            ))),
+            None => Ok(events.len()),
+        }
     }
 
     /// Publishes `events` in order, then waits for each confirm in order. Returns the

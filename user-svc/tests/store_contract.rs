@@ -283,46 +283,6 @@ async fn outbox_leases_keep_relays_apart(store: Arc<dyn UserStore>) {
     store.ping().await.unwrap();
 }
 
-/// A relay's batch: the confirmed events go and the next due ones are claimed by one
-/// call, oldest first; with nothing due the confirmed still go; events leased to another
-/// relay are neither deleted by a claim nor claimed.
-async fn confirmed_events_go_with_the_next_claim(store: Arc<dyn UserStore>) {
-    let u = user(&["batch@x.io"]);
-    store.create_user(&u).await.unwrap();
-    let change_street = async |street: &str| {
-        update(&*store, u.user_id, &change(None, Some(street)), None)
-            .await
-            .unwrap();
-    };
-    change_street("1 A St").await;
-    change_street("2 B St").await;
-    let lease = Duration::from_secs(30);
-    let first = store
-        .complete_and_claim_outbox(&[], "relay-a", lease, 10)
-        .await
-        .unwrap();
-    assert_eq!(first.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
-    change_street("3 C St").await;
-    change_street("4 D St").await;
-    let others = store.claim_outbox("relay-b", lease, 1).await.unwrap();
-    assert_eq!(others.iter().map(|e| e.version).collect::<Vec<_>>(), [4]);
-    let done: Vec<String> = first.iter().map(|e| e.event_id.clone()).collect();
-    let second = store
-        .complete_and_claim_outbox(&done, "relay-a", lease, 10)
-        .await
-        .unwrap();
-    assert_eq!(second.iter().map(|e| e.version).collect::<Vec<_>>(), [5]);
-    // relay-b's event and relay-a's second batch are all that is left.
-    assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
-    let done = [second[0].event_id.clone()];
-    let third = store
-        .complete_and_claim_outbox(&done, "relay-a", lease, 10)
-        .await
-        .unwrap();
-    assert!(third.is_empty(), "relay-b's lease holds: {third:?}");
-    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
-}
-
 // === harness ===
 
 async fn sqlite_store() -> (Arc<dyn UserStore>, tempfile::TempDir) {
@@ -348,6 +308,5 @@ tandem_testkit::store_contract!(
     contact_change_bumps_version_and_records_event,
     refused_changes_leave_no_trace,
     outbox_leases_keep_relays_apart,
-    confirmed_events_go_with_the_next_claim,
     ]
 );

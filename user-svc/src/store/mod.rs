@@ -102,22 +102,6 @@ pub trait UserStore: Send + Sync + 'static {
     /// Removes events the broker has confirmed.
     async fn complete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError>;
 
-    /// Removes the confirmed events `done`, then claims as `claim_outbox` does, in one
-    /// write where the store can: a relay in steady flow then commits once a batch, not
-    /// twice (bench/FINDINGS.md §12). By default, the two calls.
-    async fn complete_and_claim_outbox(
-        &self,
-        done: &[String],
-        owner: &str,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        if !done.is_empty() {
-            self.complete_outbox(done).await?;
-        }
-        self.claim_outbox(owner, lease, limit).await
-    }
-
     /// Gives back leased events that could not be published, so the next attempt does not
     /// wait for the lease to run out.
     async fn release_outbox(&self, owner: &str, event_ids: &[String]) -> Result<(), StoreError>;

@@ -76,15 +76,6 @@ impl SqliteUserStore {
     }
 }
 
-/// Deletes the confirmed events `ids`, inside the caller's write transaction.
-fn complete_in(tx: &Connection, ids: &[String]) -> Result<(), StoreError> {
-    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
-    for id in ids {
-        delete.execute([id])?;
-    }
-    Ok(())
-}
-
 impl From<SqliteError> for StoreError {
     fn from(e: SqliteError) -> Self {
         if e.is_transient() {
@@ -287,22 +278,7 @@ impl UserStore for SqliteUserStore {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.complete_and_claim_outbox(&[], owner, lease, limit)
-            .await
-    }
-
-    async fn complete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError> {
-        let ids = event_ids.to_vec();
-        self.db.write(move |tx| complete_in(tx, &ids)).await
-    }
-
-    async fn complete_and_claim_outbox(
-        &self,
-        done: &[String],
-        owner: &str,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let owner = owner.to_owned();
         // Relays poll often; a plain read first keeps an empty outbox from queueing a
         // write behind the API's.
         let due: bool = self
@@ -316,15 +292,10 @@ impl UserStore for SqliteUserStore {
             })
             .await?;
         if !due {
-            if !done.is_empty() {
-                self.complete_outbox(done).await?;
-            }
             return Ok(Vec::new());
         }
-        let (done, owner) = (done.to_vec(), owner.to_owned());
         self.db
             .write(move |tx| {
-                complete_in(tx, &done)?;
                 let now = tandem::domain::now();
                 let mut claim = tx.prepare_cached(
                     "UPDATE outbox SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1 \
@@ -341,6 +312,19 @@ impl UserStore for SqliteUserStore {
                 // RETURNING gives rows in no promised order.
                 rows.sort_by_key(|(seq, _)| *seq);
                 Ok(rows.into_iter().map(|(_, e)| e).collect())
+            })
+            .await
+    }
+
+    async fn complete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        let ids = event_ids.to_vec();
+        self.db
+            .write(move |tx| {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
+                for id in &ids {
+                    delete.execute([id])?;
+                }
+                Ok(())
             })
             .await
     }
