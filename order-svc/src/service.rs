@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::grpc::order_service_server::OrderService;
 use tandem::domain::{
     Address, ContactChange, DELIVERY_ADDRESS_PATH, EMAILS_PATH, EmailCheck, EmailList, OrderId,
     OrderStatus, Price, UserContact, UserId, Violations, required_text,
@@ -20,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tandem::proto::order::v1::apply_user_contact_result::Outcome;
 
 use crate::error::OrderError;
+use crate::grpc::order_service_server::OrderService;
 use crate::model::{ListFilter, Order, OrderItem};
 use crate::page_token;
 use crate::store::{ApplyOutcome, DetailsOutcome, OrderStore, StatusOutcome};
@@ -132,7 +132,7 @@ impl OrderApi {
         if !violations.is_empty() {
             return Err(OrderError::Invalid(violations));
         }
-        // One more than a page tells whether another page follows.
+        // The store says where the next page starts, when another follows.
         let page = self.store.list_page(filter, after, page_size).await?;
         let next_page_token = page
             .next

@@ -194,26 +194,62 @@ fn text<'r>(row: &'r Row<'_>, column: usize) -> rusqlite::Result<&'r str> {
     Ok(row.get_ref(column)?.as_str()?)
 }
 
-fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> {
-    let order_id = text(row, 0)?;
-    let user_id = text(row, 1)?;
-    let items = text(row, 2)?;
-    let emails = text(row, 3)?;
-    let status = text(row, 9)?;
-    let created_at: i64 = row.get(11)?;
-    let updated_at: i64 = row.get(12)?;
-    let address = Address::from_stored(
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-        row.get(8)?,
-    );
-    let contact_version: i64 = row.get(10)?;
-    Ok((|| {
-        let items: Vec<StoredItem<'_>> =
-            serde_json::from_str(items).map_err(|_| corrupt(order_id, "items"))?;
-        let items = items
+/// An order's row, its text read in place from SQLite's buffer (the JSON columns parsed,
+/// item ids and prices borrowed wherever they hold no escapes), before it becomes an
+/// [`Order`] (ids and prices parsed into domain values) or, on the list path, a
+/// `pb::Order` (copied as written: bench/FINDINGS.md §11).
+struct StoredOrder<'r> {
+    order_id: &'r str,
+    user_id: &'r str,
+    items: Vec<StoredItem<'r>>,
+    emails: Vec<String>,
+    address: pb_common::Address,
+    status: OrderStatus,
+    contact_version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl<'r> StoredOrder<'r> {
+    fn read(row: &'r Row<'_>) -> rusqlite::Result<Result<StoredOrder<'r>, StoreError>> {
+        let order_id = text(row, 0)?;
+        let user_id = text(row, 1)?;
+        let items = text(row, 2)?;
+        let emails = text(row, 3)?;
+        let address = pb_common::Address {
+            street: row.get(4)?,
+            city: row.get(5)?,
+            province: row.get(6)?,
+            postal_code: row.get(7)?,
+            country: row.get(8)?,
+        };
+        let status = text(row, 9)?;
+        let contact_version: i64 = row.get(10)?;
+        let created_at: i64 = row.get(11)?;
+        let updated_at: i64 = row.get(12)?;
+        let at = |ms: i64, what: &str| {
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(order_id, what))
+        };
+        Ok((|| {
+            Ok(StoredOrder {
+                order_id,
+                user_id,
+                items: serde_json::from_str(items).map_err(|_| corrupt(order_id, "items"))?,
+                emails: serde_json::from_str(emails).map_err(|_| corrupt(order_id, "emails"))?,
+                address,
+                status: OrderStatus::from_str_opt(status)
+                    .ok_or_else(|| corrupt(order_id, "status"))?,
+                contact_version,
+                created_at: at(created_at, "created_at")?,
+                updated_at: at(updated_at, "updated_at")?,
+            })
+        })())
+    }
+
+    fn into_order(self) -> Result<Order, StoreError> {
+        let order_id = self.order_id;
+        let items = self
+            .items
             .into_iter()
             .map(|i| {
                 Ok(OrderItem {
@@ -223,22 +259,57 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> 
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let emails: Vec<String> =
-            serde_json::from_str(emails).map_err(|_| corrupt(order_id, "emails"))?;
+        let a = self.address;
         Ok(Order {
             order_id: OrderId::parse(order_id).map_err(|_| corrupt(order_id, "order_id"))?,
-            user_id: UserId::parse(user_id).map_err(|_| corrupt(order_id, "user_id"))?,
+            user_id: UserId::parse(self.user_id).map_err(|_| corrupt(order_id, "user_id"))?,
             items,
-            emails: EmailList::from_stored(emails),
-            delivery_address: address,
-            status: OrderStatus::from_str_opt(status).ok_or_else(|| corrupt(order_id, "status"))?,
-            contact_version,
-            created_at: DateTime::from_timestamp_millis(created_at)
-                .ok_or_else(|| corrupt(order_id, "created_at"))?,
-            updated_at: DateTime::from_timestamp_millis(updated_at)
-                .ok_or_else(|| corrupt(order_id, "updated_at"))?,
+            emails: EmailList::from_stored(self.emails),
+            delivery_address: Address::from_stored(
+                a.street,
+                a.city,
+                a.province,
+                a.postal_code,
+                a.country,
+            ),
+            status: self.status,
+            contact_version: self.contact_version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
         })
-    })())
+    }
+
+    /// The message, the ids and prices copied as written: they were stored in their
+    /// canonical form (`OrderId`'s and `Price`'s `Display`), so parsing them to print
+    /// them again, as `into_order` then `Order::into_proto` do, gives back the same text
+    /// at a cost. `lists_serve_what_gets_serve` holds the two paths equal.
+    fn into_proto(self) -> pb::Order {
+        pb::Order {
+            order_id: self.order_id.to_owned(),
+            user_id: self.user_id.to_owned(),
+            items: self
+                .items
+                .into_iter()
+                .map(|i| pb::OrderItem {
+                    item_id: i.item_id.into_owned(),
+                    quantity: i.quantity,
+                    price: Some(pb_common::Decimal {
+                        value: i.price.into_owned(),
+                    }),
+                })
+                .collect(),
+            emails: self.emails,
+            delivery_address: Some(self.address),
+            order_status: self.status.to_proto() as i32,
+            created_at: Some(timestamp(self.created_at)),
+            updated_at: Some(timestamp(self.updated_at)),
+            contact_version: self.contact_version,
+        }
+    }
+}
+
+fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> {
+    Ok(StoredOrder::read(row)?.and_then(StoredOrder::into_order))
 }
 
 fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreError> {
@@ -287,62 +358,6 @@ fn query_orders(
         each(row)?;
     }
     Ok(())
-}
-
-/// An order's row as the proto message, the text columns copied as written: ids and
-/// prices were stored in their canonical form (`OrderId`'s and `Price`'s `Display`), so
-/// parsing them into domain values to print them again, as `order_from_row` then
-/// `Order::into_proto` do, gives back the same text at a cost (bench/FINDINGS.md §11).
-/// `lists_serve_what_gets_serve` holds the two paths equal.
-fn proto_from_row(row: &Row<'_>) -> rusqlite::Result<Result<pb::Order, StoreError>> {
-    let order_id: String = row.get(0)?;
-    let user_id: String = row.get(1)?;
-    let items = text(row, 2)?;
-    let emails = text(row, 3)?;
-    let delivery_address = pb_common::Address {
-        street: row.get(4)?,
-        city: row.get(5)?,
-        province: row.get(6)?,
-        postal_code: row.get(7)?,
-        country: row.get(8)?,
-    };
-    let status = text(row, 9)?;
-    let contact_version: i64 = row.get(10)?;
-    let created_at: i64 = row.get(11)?;
-    let updated_at: i64 = row.get(12)?;
-    Ok((|| {
-        let items: Vec<StoredItem<'_>> =
-            serde_json::from_str(items).map_err(|_| corrupt(&order_id, "items"))?;
-        let emails: Vec<String> =
-            serde_json::from_str(emails).map_err(|_| corrupt(&order_id, "emails"))?;
-        let status =
-            OrderStatus::from_str_opt(status).ok_or_else(|| corrupt(&order_id, "status"))?;
-        let at = |ms: i64, what: &str| {
-            DateTime::from_timestamp_millis(ms)
-                .map(timestamp)
-                .ok_or_else(|| corrupt(&order_id, what))
-        };
-        Ok(pb::Order {
-            items: items
-                .into_iter()
-                .map(|i| pb::OrderItem {
-                    item_id: i.item_id.into_owned(),
-                    quantity: i.quantity,
-                    price: Some(pb_common::Decimal {
-                        value: i.price.into_owned(),
-                    }),
-                })
-                .collect(),
-            emails,
-            delivery_address: Some(delivery_address),
-            order_status: status.to_proto() as i32,
-            created_at: Some(at(created_at, "created_at")?),
-            updated_at: Some(at(updated_at, "updated_at")?),
-            contact_version,
-            user_id,
-            order_id,
-        })
-    })())
 }
 
 /// Copies `contact` onto the user's orders whose applied version is lower, inside the
@@ -437,7 +452,7 @@ impl OrderStore for SqliteOrderStore {
             .read(move |conn| {
                 let mut page = PageEncoder::new(page_size);
                 query_orders(conn, filter, after, page_size + 1, |row| {
-                    page.push(proto_from_row(row)??);
+                    page.push(StoredOrder::read(row)??.into_proto());
                     Ok(())
                 })?;
                 page.finish()
