@@ -41,6 +41,21 @@ fn order(user_id: UserId, status: OrderStatus, created_at: DateTime<Utc>) -> Ord
     }
 }
 
+/// Adds an item of 27 significant digits (named `name`, nine billion of them) and a free
+/// one: prices a float would round.
+fn add_exact_items(o: &mut Order, name: &str) {
+    o.items.push(OrderItem {
+        item_id: name.into(),
+        quantity: 9_000_000_000,
+        price: Price::parse("123456789012345678.123456789").unwrap(),
+    });
+    o.items.push(OrderItem {
+        item_id: "Free".into(),
+        quantity: 1,
+        price: Price::parse("0").unwrap(),
+    });
+}
+
 fn contact(user_id: UserId, version: i64, email: &str, street: &str) -> UserContact {
     UserContact {
         user_id,
@@ -52,16 +67,7 @@ fn contact(user_id: UserId, version: i64, email: &str, street: &str) -> UserCont
 
 async fn orders_round_trip_with_exact_prices(store: Arc<dyn OrderStore>) {
     let mut o = order(UserId::new_random(), OrderStatus::UnderProcess, at(0));
-    o.items.push(OrderItem {
-        item_id: "Precise".into(),
-        quantity: 9_000_000_000,
-        price: Price::parse("123456789012345678.123456789").unwrap(),
-    });
-    o.items.push(OrderItem {
-        item_id: "Free".into(),
-        quantity: 1,
-        price: Price::parse("0").unwrap(),
-    });
+    add_exact_items(&mut o, "Precise");
     store.create_order(&o).await.unwrap();
     let back = store.get_order(o.order_id).await.unwrap().unwrap();
     assert_eq!(back, o);
@@ -352,16 +358,7 @@ async fn lists_serve_what_gets_serve(store: Arc<dyn OrderStore>) {
     let mut made = Vec::new();
     for (i, status) in OrderStatus::ALL.into_iter().enumerate() {
         let mut o = order(user, status, at(i as i64));
-        o.items.push(OrderItem {
-            item_id: "Lamp \"Noguchi\" \\ 50\u{a0}cm \u{1F4A1}".into(),
-            quantity: 9_000_000_000,
-            price: Price::parse("123456789012345678.123456789").unwrap(),
-        });
-        o.items.push(OrderItem {
-            item_id: "Free".into(),
-            quantity: 1,
-            price: Price::parse("0").unwrap(),
-        });
+        add_exact_items(&mut o, "Lamp \"Noguchi\" \\ 50\u{a0}cm \u{1F4A1}");
         store.create_order(&o).await.unwrap();
         made.push(o.order_id);
     }
