@@ -199,7 +199,7 @@ async fn converged(
 }
 
 /// `cpu` with the local RabbitMQ's (its Erlang VM, when one runs here) appended.
-fn with_rabbitmq(mut cpu: Vec<(String, f64)>) -> Vec<(String, f64)> {
+pub(crate) fn with_rabbitmq(mut cpu: Vec<(String, f64)>) -> Vec<(String, f64)> {
     let pid = std::process::Command::new("pgrep")
         .args(["-x", "beam.smp"])
         .output()

@@ -290,6 +290,7 @@ impl Report {
                     ratio("POST /users")
                 );
             }
+            render_route_cpu(&mut out, routes);
         }
         if let Some(l1) = &self.l1 {
             render_l1(&mut out, l1);
@@ -566,6 +567,48 @@ fn render_l1(out: &mut String, l1: &crate::lists::ListRun) {
         l1.non_2xx,
         cpu.join(", ")
     );
+}
+
+/// CPU per request by process for the user routes: on two shared cores a route's
+/// ceiling is the machine's CPU over its cost summed across every process it touches.
+fn render_route_cpu(out: &mut String, routes: &crate::routes::Routes) {
+    let user_routes = ["GET /users/{id}", "PUT /users/{id}", "POST /users"];
+    let runs: Vec<_> = routes
+        .runs
+        .iter()
+        .filter(|r| user_routes.contains(&r.route.as_str()) && !r.cpu_us.is_empty())
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU per request, µs (user + system, per process over each run; wrk not counted). A \
+         contact change costs every process of the sync pipeline too: the relay's publish, \
+         RabbitMQ's quorum queue (written, delivered, acked), the worker and order-svc's apply. \
+         The ceiling of a route is about the two cores' 2,000,000 µs a second over its sum:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| route | connections | req/s | per process | in all |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for r in runs {
+        let parts: Vec<String> = r
+            .cpu_us
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.0}"))
+            .collect();
+        let all: f64 = r.cpu_us.iter().map(|(_, us)| us).sum();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | **{all:.0}** |",
+            r.route,
+            r.connections,
+            r.throughput,
+            parts.join(", ")
+        );
+    }
 }
 
 /// Issue 13's bars, each from this report's figures, marked met or missed.

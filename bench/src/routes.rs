@@ -21,6 +21,10 @@ pub struct RouteRun {
     pub p999_ms: f64,
     /// The first answer that was not a success, if any (status and start of the body).
     pub first_failure: Option<String>,
+    /// CPU µs per request of each process over the run, RabbitMQ included (wrk, the load
+    /// generator, not counted): where a write's cost goes, beside a read's.
+    #[serde(default)]
+    pub cpu_us: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,9 +280,21 @@ pub async fn run(levels: &[usize], duration: Duration) -> anyhow::Result<Routes>
         for &connections in levels {
             eprintln!("routes: {route} with {connections} connections");
             let text = script(method, path, body, ids);
+            let cpu_before = crate::r2::with_rabbitmq(stack.cpu_seconds());
             let r = run_wrk(&stack.edge, &text, connections, duration, dir.path())?;
+            let cpu_after = crate::r2::with_rabbitmq(stack.cpu_seconds());
             let us = |k: &str| r[k].as_f64().unwrap_or(0.0);
             let requests = us("requests") as u64;
+            let cpu_us = cpu_before
+                .iter()
+                .zip(&cpu_after)
+                .filter(|((name, _), _)| name != "load generator")
+                .map(|((name, b), (_, a))| {
+                    let per = (a - b) * 1e6 / (requests.max(1) as f64);
+                    (name.clone(), per.round())
+                })
+                .filter(|(_, per)| *per >= 1.0)
+                .collect();
             runs.push(RouteRun {
                 route: (*route).to_owned(),
                 connections,
@@ -293,6 +309,7 @@ pub async fn run(levels: &[usize], duration: Duration) -> anyhow::Result<Routes>
                     .as_str()
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned),
+                cpu_us,
             });
         }
     }
