@@ -100,8 +100,12 @@ fn from_millis(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(DateTime::from_timestamp_millis)
 }
 
-const USER_COLUMNS: &str = "user_id, first_name, last_name, phone_number, emails, street, city, \
-     province, postal_code, country, contact_version, created_at, updated_at";
+/// One user by id, in the column order `user_from_row` reads. Every statement here goes
+/// through the connection's statement cache (`prepare_cached`): preparing costs more than
+/// running these one-row statements.
+const SELECT_USER: &str = "SELECT user_id, first_name, last_name, phone_number, emails, street, \
+     city, province, postal_code, country, contact_version, created_at, updated_at \
+     FROM users WHERE user_id = ?1";
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
     let user_id: String = row.get(0)?;
@@ -133,8 +137,8 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
 }
 
 fn load_user(conn: &Connection, user_id: &str) -> Result<Option<User>, StoreError> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1");
-    conn.query_row(&sql, [user_id], user_from_row)
+    conn.prepare_cached(SELECT_USER)?
+        .query_row([user_id], user_from_row)
         .optional()?
         .transpose()
 }
@@ -185,11 +189,11 @@ impl UserStore for SqliteUserStore {
             .write(move |tx| {
                 let id = user.user_id.to_string();
                 let a = &user.delivery_address;
-                tx.execute(
+                tx.prepare_cached(
                 "INSERT INTO users (user_id, first_name, last_name, phone_number, emails, street, \
                  city, province, postal_code, country, contact_version, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")?
+                .execute(params![
                     id,
                     user.first_name,
                     user.last_name,
@@ -203,8 +207,7 @@ impl UserStore for SqliteUserStore {
                     user.contact_version,
                     user.created_at.map(millis),
                     user.updated_at.map(millis),
-                ],
-            )?;
+                ])?;
                 claim_emails(tx, &id, &user.emails)?;
                 Ok(())
             })
@@ -231,32 +234,33 @@ impl UserStore for SqliteUserStore {
                 let id = user_id.to_string();
                 let current = load_user(tx, &id)?.ok_or(StoreError::NotFound)?;
                 if let Some(emails) = &change.emails {
-                    tx.execute("DELETE FROM user_emails WHERE user_id = ?1", [&id])?;
+                    tx.prepare_cached("DELETE FROM user_emails WHERE user_id = ?1")?
+                        .execute([&id])?;
                     claim_emails(tx, &id, emails)?;
                 }
                 let user = current.changed(&change, stamp);
                 let a = &user.delivery_address;
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE users SET emails = ?2, street = ?3, city = ?4, province = ?5, \
                  postal_code = ?6, country = ?7, contact_version = ?8, updated_at = ?9 \
                  WHERE user_id = ?1",
-                    params![
-                        id,
-                        emails_json(&user.emails),
-                        a.street(),
-                        a.city(),
-                        a.province(),
-                        a.postal_code(),
-                        a.country(),
-                        user.contact_version,
-                        user.updated_at.map(millis),
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    id,
+                    emails_json(&user.emails),
+                    a.street(),
+                    a.city(),
+                    a.province(),
+                    a.postal_code(),
+                    a.country(),
+                    user.contact_version,
+                    user.updated_at.map(millis),
+                ])?;
                 let event = OutboxEvent::for_user(&user, tandem::domain::now(), origin);
-                tx.execute(
+                tx.prepare_cached(
                 "INSERT INTO outbox (event_id, user_id, version, payload, request_id, created_at, \
-                 traceparent, tracestate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
+                 traceparent, tracestate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?
+                .execute(params![
                     event.event_id,
                     event.user_id,
                     event.version,
@@ -265,8 +269,7 @@ impl UserStore for SqliteUserStore {
                     millis(event.created_at),
                     event.origin.traceparent,
                     event.origin.tracestate,
-                ],
-            )?;
+                ])?;
                 Ok(user)
             })
             .await
