@@ -88,16 +88,7 @@ pub async fn run(duration: Duration) -> anyhow::Result<ListRun> {
     let after = stack.cpu_seconds();
     let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
     let requests = f("requests") as u64;
-    let cpu_us = before
-        .iter()
-        .zip(&after)
-        .filter(|((name, _), _)| name != "load generator")
-        .map(|((name, b), (_, a))| {
-            let us = (a - b) * 1e6 / (requests.max(1) as f64);
-            (name.clone(), (us * 10.0).round() / 10.0)
-        })
-        .filter(|(_, us)| *us >= 1.0)
-        .collect();
+    let cpu_us = crate::stack::cpu_us_per_request(&before, &after, requests);
     Ok(ListRun {
         seconds: duration.as_secs_f64(),
         orders_per_page: ORDERS,

@@ -285,16 +285,7 @@ pub async fn run(levels: &[usize], duration: Duration) -> anyhow::Result<Routes>
             let cpu_after = crate::r2::with_rabbitmq(stack.cpu_seconds());
             let us = |k: &str| r[k].as_f64().unwrap_or(0.0);
             let requests = us("requests") as u64;
-            let cpu_us = cpu_before
-                .iter()
-                .zip(&cpu_after)
-                .filter(|((name, _), _)| name != "load generator")
-                .map(|((name, b), (_, a))| {
-                    let per = (a - b) * 1e6 / (requests.max(1) as f64);
-                    (name.clone(), per.round())
-                })
-                .filter(|(_, per)| *per >= 1.0)
-                .collect();
+            let cpu_us = crate::stack::cpu_us_per_request(&cpu_before, &cpu_after, requests);
             runs.push(RouteRun {
                 route: (*route).to_owned(),
                 connections,
