@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -69,6 +71,28 @@ pub struct RelayMetrics {
     /// outbox's share of the sync lag (the worker's `sync_lag_seconds` is the whole of it), so an operator, or
     /// the benchmark, can tell which side of RabbitMQ a slow sync is waiting on.
     publish_lag: Histogram,
+    /// How long each step of a batch took: claiming it (a write), publishing it until the
+    /// broker confirmed every event, deleting it (a write). Where the outbox's share of the
+    /// lag goes.
+    steps: Family<StepLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+}
+
+/// 0.1 ms … ~3.3 s.
+fn step_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl RelayMetrics {
+    fn step(&self, step: &'static str, took: Duration) {
+        self.steps
+            .get_or_create(&StepLabels { step })
+            .observe(took.as_secs_f64());
+    }
 }
 
 impl Default for RelayMetrics {
@@ -82,6 +106,7 @@ impl Default for RelayMetrics {
             oldest_age: Gauge::default(),
             // 1 ms … ~65 s: the buckets of the worker's sync lag, so the two compare.
             publish_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            steps: Family::new_with_constructor(step_histogram),
         }
     }
 }
@@ -93,6 +118,11 @@ impl RelayMetrics {
             "outbox_publish_lag_seconds",
             "From a change (its event's occurredAt) to the broker's confirm of the event",
             m.publish_lag.clone(),
+        );
+        registry.register(
+            "outbox_relay_step_seconds",
+            "How long each step of a relay batch took: claim (a write), confirm (publishing until the broker confirmed every event), complete (deleting them, a write)",
+            m.steps.clone(),
         );
         registry.register(
             "outbox_published",
@@ -263,11 +293,27 @@ impl Relay {
         channel: &Channel,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
+        // The delete of the last confirmed batch, still running (see `publish_due`).
+        let mut deleting = None;
+        let end = self
+            .publish_while_connected(connection, channel, shutdown, &mut deleting)
+            .await;
+        finish_delete(&mut deleting).await;
+        end
+    }
+
+    async fn publish_while_connected(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+        deleting: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> SessionEnd {
         let lost = messaging::lost(connection);
         tokio::pin!(lost);
         let mut published = false;
         loop {
-            match self.publish_due(channel).await {
+            match self.publish_due(channel, deleting).await {
                 Ok(n) if n > 0 => {
                     published = true;
                     continue; // more may be due
@@ -298,8 +344,15 @@ impl Relay {
         }
     }
 
-    /// Claims due events and publishes them; returns how many it claimed.
-    async fn publish_due(&self, channel: &Channel) -> Result<usize, Failure> {
+    /// Claims due events and publishes them; returns how many it claimed. The confirmed
+    /// ones are deleted by a task left in `deleting`, so the next claim is not held up
+    /// by it (the two writes usually share one commit); at most one such delete runs.
+    async fn publish_due(
+        &self,
+        channel: &Channel,
+        deleting: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<usize, Failure> {
+        let claiming = std::time::Instant::now();
         let events = self
             .store
             .claim_outbox(&self.owner, self.config.lease, self.config.batch)
@@ -308,7 +361,10 @@ impl Relay {
         if events.is_empty() {
             return Ok(0);
         }
+        self.metrics.step("claim", claiming.elapsed());
+        let publishing = std::time::Instant::now();
         let (confirmed, failed, broken) = self.publish(channel, &events).await;
+        self.metrics.step("confirm", publishing.elapsed());
         let confirmed_ids: Vec<String> = confirmed.iter().map(|e| e.event_id.clone()).collect();
         let failed_ids: Vec<String> = failed.iter().map(|e| e.event_id.clone()).collect();
         self.metrics.published.inc_by(confirmed_ids.len() as u64);
@@ -319,15 +375,25 @@ impl Relay {
         }
         self.metrics.failed.inc_by(failed_ids.len() as u64);
         if !confirmed_ids.is_empty() {
-            // If this fails the events stay leased and are published again after the
-            // lease: a duplicate, never a loss.
-            self.store
-                .complete_outbox(&confirmed_ids)
-                .await
-                .map_err(|e| Failure::Store(e.to_string()))?;
             for e in &confirmed {
                 tracing::debug!(event_id = %e.event_id, user_id = %e.user_id, version = e.version, request_id = e.origin.request_id.as_deref().unwrap_or("-"), trace_id = e.origin.trace_id().unwrap_or("-"), "event published");
             }
+            // Until deleted, the events stay leased to this relay, so no claim takes them
+            // again. If the delete fails they are published again once the lease runs
+            // out: a duplicate, never a loss.
+            finish_delete(deleting).await;
+            let (store, metrics) = (self.store.clone(), self.metrics.clone());
+            *deleting = Some(tokio::spawn(async move {
+                let completing = std::time::Instant::now();
+                match store.complete_outbox(&confirmed_ids).await {
+                    Ok(()) => metrics.step("complete", completing.elapsed()),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        events = confirmed_ids.len(),
+                        "cannot delete published events from the outbox; they will be published again when their lease runs out (a duplicate, never a loss)"
+                    ),
+                }
+            }));
         }
         if !failed_ids.is_empty() {
             let _ = self.store.release_outbox(&self.owner, &failed_ids).await;
@@ -438,6 +504,14 @@ impl Relay {
             }
         }
         (confirmed, failed, broken)
+    }
+}
+
+/// Waits for the delete `publish_due` left running, if any.
+async fn finish_delete(deleting: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(delete) = deleting.take() {
+        // A panic in it was the store's; the events stay leased, as after a failure.
+        let _ = delete.await;
     }
 }
 
