@@ -43,9 +43,10 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     route_connections: Vec<usize>,
 
-    /// Updates per second of the sync-lag run.
-    #[arg(long, default_value_t = 200.0)]
-    sync_rate: f64,
+    /// Updates per second of the sync-lag runs, in order; `capacity` is 80 % of the PUT
+    /// capacity the routes run took (this run's, or the report's when only r2 runs).
+    #[arg(long, value_delimiter = ',', default_value = "200,400,1000,capacity")]
+    sync_rates: Vec<String>,
 
     /// The sync-lag run watches one update in this many until its orders show it.
     #[arg(long, default_value_t = 10)]
@@ -138,25 +139,29 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only.iter().any(|e| e == "r2") {
         report.r2.clear();
-        // At the bar's rate and twice it, at 1,000/s, and at 80 % of what the write path
-        // took in the routes run (this run's, or the report's when only r2 runs).
-        let mut rates: Vec<(f64, Option<String>)> = vec![
-            (args.sync_rate, None),
-            (args.sync_rate * 2.0, None),
-            (1000.0, None),
-        ];
-        match report
+        let capacity = report
             .routes
             .as_ref()
-            .and_then(routes::Routes::put_capacity)
-        {
-            Some(capacity) => rates.push((
-                (capacity * 0.8).round(),
-                Some(format!(
-                    "80 % of the {capacity:.0} PUT /users/{{id}} per second the routes run took"
+            .and_then(routes::Routes::put_capacity);
+        let mut rates: Vec<(f64, Option<String>)> = Vec::new();
+        for rate in &args.sync_rates {
+            match (rate.as_str(), capacity) {
+                ("capacity", Some(capacity)) => rates.push((
+                    (capacity * 0.8).round(),
+                    Some(format!(
+                        "80 % of the {capacity:.0} PUT /users/{{id}} per second the routes run took"
+                    )),
                 )),
-            )),
-            None => eprintln!("R2: no routes figures, so no run at 80 % of the PUT capacity"),
+                ("capacity", None) => {
+                    eprintln!("R2: no routes figures, so no run at 80 % of the PUT capacity")
+                }
+                (number, _) => match number.parse::<f64>() {
+                    Ok(r) if r > 0.0 => rates.push((r, None)),
+                    _ => anyhow::bail!(
+                        "--sync-rates: {number:?} is neither a positive number nor `capacity`"
+                    ),
+                },
+            }
         }
         for (rate, label) in rates {
             let settings = r2::Settings {

@@ -57,6 +57,165 @@ pub struct R2 {
     /// the machine, not one stage, is what the pipeline ran out of.
     #[serde(default)]
     pub cpu_cores: Vec<(String, f64)>,
+    /// The rate the updates were sent at: at most [`MAX_IN_FLIGHT`] are in flight, so
+    /// when the write path answers slower than the rate needs, the sending falls behind.
+    #[serde(default)]
+    pub sent_rate: Option<f64>,
+    /// Of `not_converged`, the updates the edge did not answer with success.
+    #[serde(default)]
+    pub refused: u64,
+    /// The PUTs' own latency, from sent to answered (before any of the sync).
+    #[serde(default)]
+    pub put_p99_ms: Option<f64>,
+    /// What each user-svc's SQLite writer and outbox relay did over the run (v1, then
+    /// v2): where a backlog builds when the sync falls behind.
+    #[serde(default)]
+    pub writers: Vec<WriterFigures>,
+    /// The most events the outbox held at once (sampled every 200 ms).
+    #[serde(default)]
+    pub outbox_max_pending: Option<f64>,
+}
+
+/// One user-svc's SQLite writer and outbox relay over an R2 run, from its ops port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriterFigures {
+    pub flavor: String,
+    /// Transactions committed per second (each one fsync).
+    pub commits_per_s: f64,
+    /// Writes each commit carried, on average (PUTs, the relay's claims and deletes).
+    pub writes_per_commit: f64,
+    /// The most writes queued at once for the writer (sampled every 200 ms).
+    pub max_queued: f64,
+    /// Events this process's relay published per second.
+    pub published_per_s: f64,
+    /// The relay's batches: how many, and the mean ms of each step (claim, publish until
+    /// confirmed, delete), from its `outbox_relay_step_seconds`.
+    #[serde(default)]
+    pub batches: f64,
+    #[serde(default)]
+    pub batch_mean: f64,
+    #[serde(default)]
+    pub step_ms: Vec<(String, f64)>,
+}
+
+/// The relay's steps, as `outbox_relay_step_seconds` labels them.
+const RELAY_STEPS: [&str; 3] = ["claim", "confirm", "complete"];
+
+/// Samples the user-svcs' ops ports while a run lasts: counters at the start and the end,
+/// the queue and outbox gauges' peaks in between.
+struct WriterSampler {
+    ops: Vec<String>,
+    start: Vec<Counters>,
+    peaks: Arc<Mutex<Vec<(f64, f64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    commits: f64,
+    writes: f64,
+    published: f64,
+    /// (sum of seconds, count) of each of [`RELAY_STEPS`].
+    steps: [(f64, f64); 3],
+}
+
+impl Counters {
+    fn of(page: &str) -> Counters {
+        let value = |name| tandem_testkit::metric_in(page, name).unwrap_or(0.0);
+        Counters {
+            commits: value("tandem_user_sqlite_commits"),
+            writes: value("tandem_user_sqlite_writes"),
+            published: value("tandem_user_outbox_published"),
+            steps: RELAY_STEPS.map(|step| {
+                let labelled = |part: &str| {
+                    let key =
+                        format!("tandem_user_outbox_relay_step_seconds_{part}{{step=\"{step}\"}} ");
+                    page.lines()
+                        .find_map(|l| l.strip_prefix(&key))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                (labelled("sum"), labelled("count"))
+            }),
+        }
+    }
+}
+
+impl WriterSampler {
+    async fn start(ops: &[String]) -> WriterSampler {
+        let mut start = Vec::with_capacity(ops.len());
+        for one in ops {
+            let page = tandem_testkit::metrics_page(one).await.unwrap_or_default();
+            start.push(Counters::of(&page));
+        }
+        let peaks = Arc::new(Mutex::new(vec![(0.0, 0.0); ops.len()]));
+        // Runs until `finish` aborts it.
+        let task = tokio::spawn({
+            let (ops, peaks) = (ops.to_vec(), peaks.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tick.tick().await;
+                    for (i, one) in ops.iter().enumerate() {
+                        let Some(page) = tandem_testkit::metrics_page(one).await else {
+                            continue;
+                        };
+                        let value = |name| tandem_testkit::metric_in(&page, name).unwrap_or(0.0);
+                        let mut peaks = peaks.lock().expect("no panics while sampling");
+                        let (queued, pending) = &mut peaks[i];
+                        *queued = value("tandem_user_sqlite_writes_queued").max(*queued);
+                        *pending = value("tandem_user_outbox_pending").max(*pending);
+                    }
+                }
+            }
+        });
+        WriterSampler {
+            ops: ops.to_vec(),
+            start,
+            peaks,
+            task,
+        }
+    }
+
+    /// Each process's figures over `seconds`, and the outbox's peak.
+    async fn finish(self, seconds: f64) -> (Vec<WriterFigures>, Option<f64>) {
+        self.task.abort();
+        let _ = self.task.await;
+        let peaks = self.peaks.lock().expect("no panics while sampling").clone();
+        let mut figures = Vec::with_capacity(self.ops.len());
+        for (i, one) in self.ops.iter().enumerate() {
+            let Some(page) = tandem_testkit::metrics_page(one).await else {
+                continue;
+            };
+            let (a, b) = (self.start[i], Counters::of(&page));
+            let commits = b.commits - a.commits;
+            figures.push(WriterFigures {
+                flavor: if i == 0 { "v1" } else { "v2" }.to_owned(),
+                commits_per_s: commits / seconds,
+                writes_per_commit: (b.writes - a.writes) / commits.max(1.0),
+                max_queued: peaks[i].0,
+                published_per_s: (b.published - a.published) / seconds,
+                batches: b.steps[1].1 - a.steps[1].1,
+                batch_mean: (b.published - a.published) / (b.steps[1].1 - a.steps[1].1).max(1.0),
+                step_ms: RELAY_STEPS
+                    .iter()
+                    .zip(a.steps.iter().zip(&b.steps))
+                    .map(|(step, ((sum0, n0), (sum1, n1)))| {
+                        let n = n1 - n0;
+                        let mean = if n > 0.0 {
+                            (sum1 - sum0) / n * 1000.0
+                        } else {
+                            0.0
+                        };
+                        ((*step).to_owned(), mean)
+                    })
+                    .collect(),
+            });
+        }
+        // Both flavors' relays share one outbox (one file): each sees all of it.
+        let pending = peaks.iter().map(|(_, p)| *p).reduce(f64::max);
+        (figures, pending)
+    }
 }
 
 impl R2 {
@@ -69,9 +228,12 @@ impl R2 {
             || self.label.is_some()
     }
 
-    /// The sync kept up: p99 ≤ 100 ms and every watched update converged.
+    /// The sync kept up: p99 ≤ 100 ms, every watched update converged, and the updates
+    /// went out at (within 5 % of) the rate.
     pub fn keeps_up(&self) -> bool {
-        self.p99_ms <= 100.0 && self.not_converged == 0
+        self.p99_ms <= 100.0
+            && self.not_converged == 0
+            && self.sent_rate.is_none_or(|sent| sent >= 0.95 * self.rate)
     }
 }
 
@@ -157,6 +319,13 @@ pub struct Settings {
     pub orders_per_user: usize,
     pub sample_every: u64,
 }
+
+/// The most PUTs in flight at once, as the routes run's wrk at its most connections: the
+/// PUT capacity an R2 rate derives from was measured this way. Without a bound, each PUT
+/// waiting for an answer took a connection of its own, and a rate the write path could
+/// not keep up with opened 15,000 connections to the edge (measured, bench/FINDINGS.md
+/// §14), which then measured the connection storm more than the sync.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// How often a watched update's orders are checked: every tenth of the time waited so
 /// far, but at least every millisecond, so a figure is exact to about 10 % (or 1 ms).
@@ -256,22 +425,32 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    let put_latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let users = Arc::new(users);
     let interval = Duration::from_secs_f64(1.0 / s.rate);
     let cpu_before = with_rabbitmq(stack.cpu_seconds());
+    let sampler = WriterSampler::start(&stack.user_ops).await;
     let started = Instant::now();
     let total = (s.rate * s.duration.as_secs_f64()) as u64;
     eprintln!("R2: {total} updates at {} /s", s.rate);
     let mut tasks = tokio::task::JoinSet::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     for i in 0..total {
         tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
-        let (http, mut orders, users, histogram, failures) = (
+        // Late when all are busy; the rate actually sent shows it.
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (http, mut orders, users, histogram, put_latency, failures, refused) = (
             http.clone(),
             orders.clone(),
             users.clone(),
             histogram.clone(),
+            put_latency.clone(),
             failures.clone(),
+            refused.clone(),
         );
         let edge = stack.edge.clone();
         let expected = s.orders_per_user;
@@ -280,11 +459,19 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
             let user_id = &users[i as usize % users.len()];
             let email = format!("u{i}.{}@bench.example", uuid::Uuid::new_v4().simple());
             let body = serde_json::json!({"emails": [email], "deliveryAddress": address(&format!("{i} Lag Lane"))});
-            let answered = http.put(format!("{edge}/users/{user_id}")).json(&body).send().await;
-            if !answered.is_ok_and(|r| r.status().is_success()) {
+            let sent = Instant::now();
+            // The body read to its end, so the connection goes back to the pool.
+            let answered = match http.put(format!("{edge}/users/{user_id}")).json(&body).send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            drop(permit);
+            if !answered {
                 failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
+            let _ = put_latency.lock().expect("no panics while recording").record(sent.elapsed().as_micros().max(1) as u64);
             if !watched {
                 return;
             }
@@ -299,8 +486,10 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
             failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
+    let sent_rate = total as f64 / started.elapsed().as_secs_f64();
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed().as_secs_f64();
+    let (writers, outbox_max_pending) = sampler.finish(elapsed).await;
     let cpu_cores = cpu_before
         .iter()
         .zip(with_rabbitmq(stack.cpu_seconds()))
@@ -338,5 +527,13 @@ pub async fn run(s: &Settings) -> anyhow::Result<R2> {
         relay_p50_le_ms: relay_lag.as_ref().and_then(|h| h.quantile_le_ms(0.5)),
         relay_p99_le_ms: relay_lag.as_ref().and_then(|h| h.quantile_le_ms(0.99)),
         cpu_cores,
+        sent_rate: Some(sent_rate),
+        refused: refused.load(std::sync::atomic::Ordering::Relaxed),
+        put_p99_ms: {
+            let h = put_latency.lock().expect("no panics while recording");
+            (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
+        },
+        writers,
+        outbox_max_pending,
     })
 }

@@ -213,6 +213,63 @@ impl Report {
                     let _ = writeln!(out, "| {:.0} | {} | {total:.2} |", r2.rate, per.join(", "));
                 }
             }
+            if self.r2.iter().any(|r| !r.writers.is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "\nThe PUTs and the write path during each rate: the rate the updates went out \
+                     at (at most {} PUTs in flight, as the routes run's 64 connections: when the \
+                     write path answers slower than the rate needs, the sending falls behind, and \
+                     the rate's bar is missed), the PUTs' own p99 (sent to answered) and how many \
+                     the edge refused; per user-svc (from its ops port), \
+                     SQLite commits per second, the writes each carried (PUTs and the relay's \
+                     claims and deletes), the most writes queued for the writer, and the events \
+                     its relay published per second, with its batches (how many, their mean size, and the \
+                     mean ms of each step: the claim, publishing until every event was confirmed, \
+                     the delete); the most events the outbox held (both \
+                     relays share it). Queue and outbox sampled every 200 ms.\n",
+                    crate::r2::MAX_IN_FLIGHT
+                );
+                let _ = writeln!(
+                    out,
+                    "| updates/s | sent/s | PUT p99 ms | refused | per user-svc: commits/s, writes per commit, most queued, published/s; relay batches | outbox at most |"
+                );
+                let _ = writeln!(out, "|---|---|---|---|---|---|");
+                for r2 in &self.r2 {
+                    let per: Vec<String> = r2
+                        .writers
+                        .iter()
+                        .map(|w| {
+                            let steps: Vec<String> = w
+                                .step_ms
+                                .iter()
+                                .map(|(step, ms)| format!("{step} {ms:.1}"))
+                                .collect();
+                            format!(
+                                "{} {:.0}, {:.1}, {:.0}, {:.0}; {:.0} batches of {:.0}: {} ms",
+                                w.flavor,
+                                w.commits_per_s,
+                                w.writes_per_commit,
+                                w.max_queued,
+                                w.published_per_s,
+                                w.batches,
+                                w.batch_mean,
+                                steps.join(", ")
+                            )
+                        })
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "| {:.0} | {} | {} | {} | {} | {} |",
+                        r2.rate,
+                        r2.sent_rate.map_or("-".to_owned(), |r| format!("{r:.0}")),
+                        r2.put_p99_ms.map_or("-".to_owned(), |m| format!("{m:.1}")),
+                        r2.refused,
+                        per.join("; "),
+                        r2.outbox_max_pending
+                            .map_or("-".to_owned(), |m| format!("{m:.0}")),
+                    );
+                }
+            }
         }
         if let Some(r3) = &self.r3 {
             let _ = writeln!(out, "\n## R3 — ApplyUserContact at scale\n");
@@ -652,10 +709,17 @@ fn render_throughput_bars(out: &mut String, report: &Report) {
         };
         rows.push((
             what,
-            format!(
-                "p99 {:.1} ms, {} not converged",
-                r2.p99_ms, r2.not_converged
-            ),
+            match r2.sent_rate {
+                Some(sent) if sent < 0.95 * r2.rate => format!(
+                    "p99 {:.1} ms, {} not converged; sent at only {sent:.0}/s (the write path \
+                     answered too slowly)",
+                    r2.p99_ms, r2.not_converged
+                ),
+                _ => format!(
+                    "p99 {:.1} ms, {} not converged",
+                    r2.p99_ms, r2.not_converged
+                ),
+            },
             verdict(r2.keeps_up()).into(),
         ));
     }

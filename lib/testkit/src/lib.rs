@@ -79,13 +79,23 @@ pub async fn wait_serving(addr: &str, timeout: Duration) {
 
 /// The value of an unlabelled metric on an ops port, if it answers.
 pub async fn metric(ops_addr: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{ops_addr}/metrics"))
+    metric_in(&metrics_page(ops_addr).await?, name)
+}
+
+/// An ops port's whole /metrics page, if it answers: one fetch for several values.
+pub async fn metrics_page(ops_addr: &str) -> Option<String> {
+    reqwest::get(format!("http://{ops_addr}/metrics"))
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    text.lines()
+        .ok()
+}
+
+/// The value of an unlabelled metric (a counter by its name with or without `_total`) in
+/// a /metrics page.
+pub fn metric_in(page: &str, name: &str) -> Option<f64> {
+    page.lines()
         .find(|l| {
             l.starts_with(name) && l[name.len()..].starts_with([' ', '_']) && !l.contains('{')
         })
