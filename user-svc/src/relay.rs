@@ -346,7 +346,7 @@ impl Relay {
 
     /// Claims due events and publishes them; returns how many it claimed. The confirmed
     /// ones are deleted by a task left in `deleting`, so the next claim is not held up
-    /// by it (the two writes usually share one commit); at most one such delete runs.
+    /// by it (the two writes can share one group commit); at most one such delete runs.
     async fn publish_due(
         &self,
         channel: &Channel,
