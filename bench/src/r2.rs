@@ -100,6 +100,9 @@ pub struct WriterFigures {
 
 /// The relay's steps, as `outbox_relay_step_seconds` labels them.
 const RELAY_STEPS: [&str; 3] = ["claim", "confirm", "complete"];
+/// The index of "confirm" in [`RELAY_STEPS`]: every batch has exactly one, so its count is
+/// the number of batches.
+const CONFIRM_STEP: usize = 1;
 
 /// Samples the user-svcs' ops ports while a run lasts: counters at the start and the end,
 /// the queue and outbox gauges' peaks in between.
@@ -195,8 +198,9 @@ impl WriterSampler {
                 writes_per_commit: (b.writes - a.writes) / commits.max(1.0),
                 max_queued: peaks[i].0,
                 published_per_s: (b.published - a.published) / seconds,
-                batches: b.steps[1].1 - a.steps[1].1,
-                batch_mean: (b.published - a.published) / (b.steps[1].1 - a.steps[1].1).max(1.0),
+                batches: b.steps[CONFIRM_STEP].1 - a.steps[CONFIRM_STEP].1,
+                batch_mean: (b.published - a.published)
+                    / (b.steps[CONFIRM_STEP].1 - a.steps[CONFIRM_STEP].1).max(1.0),
                 step_ms: RELAY_STEPS
                     .iter()
                     .zip(a.steps.iter().zip(&b.steps))
@@ -231,9 +235,13 @@ impl R2 {
     /// The sync kept up: p99 ≤ 100 ms, every watched update converged, and the updates
     /// went out at (within 5 % of) the rate.
     pub fn keeps_up(&self) -> bool {
-        self.p99_ms <= 100.0
-            && self.not_converged == 0
-            && self.sent_rate.is_none_or(|sent| sent >= 0.95 * self.rate)
+        self.p99_ms <= 100.0 && self.not_converged == 0 && self.sent_short().is_none()
+    }
+
+    /// The rate the updates actually went out at, when that fell more than 5 % short of
+    /// the rate asked for (the write path answered too slowly for it).
+    pub fn sent_short(&self) -> Option<f64> {
+        self.sent_rate.filter(|sent| *sent < 0.95 * self.rate)
     }
 }
 
@@ -247,12 +255,7 @@ struct ScrapedHistogram {
 
 impl ScrapedHistogram {
     async fn fetch(ops: &str, name: &str) -> Option<ScrapedHistogram> {
-        let text = reqwest::get(format!("http://{ops}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = tandem_testkit::metrics_page(ops).await?;
         let value = |suffix: &str| {
             text.lines()
                 .find(|l| l.starts_with(&format!("{name}_{suffix} ")))

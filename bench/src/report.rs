@@ -217,7 +217,7 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "\nThe PUTs and the write path during each rate: the rate the updates went out \
-                     at (at most {} PUTs in flight, as the routes run's 64 connections: when the \
+                     at (at most {} PUTs in flight, as many as the routes run's most connections: when the \
                      write path answers slower than the rate needs, the sending falls behind, and \
                      the rate's bar is missed), the PUTs' own p99 (sent to answered) and how many \
                      the edge refused; per user-svc (from its ops port), \
@@ -709,13 +709,13 @@ fn render_throughput_bars(out: &mut String, report: &Report) {
         };
         rows.push((
             what,
-            match r2.sent_rate {
-                Some(sent) if sent < 0.95 * r2.rate => format!(
+            match r2.sent_short() {
+                Some(sent) => format!(
                     "p99 {:.1} ms, {} not converged; sent at only {sent:.0}/s (the write path \
                      answered too slowly)",
                     r2.p99_ms, r2.not_converged
                 ),
-                _ => format!(
+                None => format!(
                     "p99 {:.1} ms, {} not converged",
                     r2.p99_ms, r2.not_converged
                 ),
