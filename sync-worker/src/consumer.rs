@@ -10,8 +10,8 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
@@ -32,6 +32,7 @@ use tonic::transport::Channel as GrpcChannel;
 use tracing::Instrument;
 
 use crate::Config;
+use crate::acks::AckWindow;
 use crate::metrics::WorkerMetrics;
 
 /// Headers a dead-lettered message carries, besides its original ones.
@@ -109,6 +110,7 @@ pub(crate) async fn session(
         batches: JoinSet::new(),
         ctx: ctx.clone(),
         dead_letters: dead_letters.clone(),
+        acks: Arc::new(AckWindow::new(channel.clone(), ctx.metrics.clone())),
         abandon: abandon.clone(),
     };
     let lost = messaging::lost(connection);
@@ -188,6 +190,8 @@ struct Hand {
     batches: JoinSet<()>,
     ctx: Arc<Context>,
     dead_letters: Channel,
+    /// The consuming channel's unacknowledged deliveries; one ack settles many.
+    acks: Arc<AckWindow>,
     abandon: CancellationToken,
 }
 
@@ -202,6 +206,7 @@ impl Hand {
         if delivery.redelivered {
             self.ctx.metrics.redelivered.inc();
         }
+        self.acks.received(delivery.delivery_tag);
         self.waiting.push(delivery);
     }
 
@@ -210,13 +215,14 @@ impl Hand {
         while !self.waiting.is_empty() && self.batches.len() < BATCHES_IN_FLIGHT {
             let n = self.waiting.len().min(self.ctx.config.batch);
             let batch: Vec<Delivery> = self.waiting.drain(..n).collect();
-            let (ctx, dead_letters, abandon) = (
-                self.ctx.clone(),
-                self.dead_letters.clone(),
-                self.abandon.clone(),
-            );
+            let settle = Settle {
+                ctx: self.ctx.clone(),
+                dead_letters: self.dead_letters.clone(),
+                acks: self.acks.clone(),
+            };
+            let abandon = self.abandon.clone();
             self.batches
-                .spawn(async move { handle_batch(&ctx, &dead_letters, batch, &abandon).await });
+                .spawn(async move { handle_batch(&settle, batch, &abandon).await });
         }
     }
 
@@ -237,6 +243,13 @@ impl Hand {
         }
         Ok(())
     }
+}
+
+/// What a batch settles its deliveries with: the dead-letter channel and the ack window.
+struct Settle {
+    ctx: Arc<Context>,
+    dead_letters: Channel,
+    acks: Arc<AckWindow>,
 }
 
 /// A parsed delivery waiting to be applied, with what its handling is followed by.
@@ -260,15 +273,11 @@ struct Held {
 /// as superseded, since applying them could change nothing. When order-svc refuses one
 /// user's newest, that one is dead-lettered and the user's older versions go in the
 /// next round, so a poison event takes nothing else with it.
-async fn handle_batch(
-    ctx: &Context,
-    dead_letters: &Channel,
-    deliveries: Vec<Delivery>,
-    abandon: &CancellationToken,
-) {
+async fn handle_batch(settle: &Settle, deliveries: Vec<Delivery>, abandon: &CancellationToken) {
+    let ctx = &*settle.ctx;
     let mut held = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        if let Some(h) = receive(ctx, dead_letters, delivery).await {
+        if let Some(h) = receive(settle, delivery).await {
             held.push(h);
         }
     }
@@ -279,7 +288,7 @@ async fn handle_batch(
             applied = apply_round(ctx, &round) => applied,
             _ = abandon.cancelled() => {
                 for h in round.into_iter().chain(rest) {
-                    hand_back(ctx, h).await;
+                    hand_back(settle, h).await;
                 }
                 return;
             }
@@ -293,13 +302,14 @@ async fn handle_batch(
                 for mut h in round.into_iter().chain(rest) {
                     h.trace_span.fail(format!("dead-lettered: {reason}"));
                     let log_span = h.log_span.clone();
-                    dead_letter(ctx, dead_letters, &h.delivery, &reason)
+                    dead_letter(settle, &h.delivery, &reason)
                         .instrument(log_span)
                         .await;
                 }
                 return;
             }
         };
+        let mut applied = Vec::with_capacity(round.len() + rest.len());
         for (mut h, result) in round.into_iter().zip(results) {
             match result {
                 Ok((matched, modified)) => {
@@ -308,26 +318,36 @@ async fn handle_batch(
                         .into_iter()
                         .partition(|other| other.update.contact.user_id == user_id);
                     rest = kept;
-                    acknowledge(ctx, h, matched, modified, false).await;
-                    for older in superseded {
-                        acknowledge(ctx, older, 0, 0, true).await;
-                    }
+                    applied.push(Applied {
+                        held: h,
+                        matched,
+                        modified,
+                        superseded: false,
+                    });
+                    applied.extend(superseded.into_iter().map(|older| Applied {
+                        held: older,
+                        matched: 0,
+                        modified: 0,
+                        superseded: true,
+                    }));
                 }
                 Err(reason) => {
                     h.trace_span.fail(format!("dead-lettered: {reason}"));
                     let log_span = h.log_span.clone();
-                    dead_letter(ctx, dead_letters, &h.delivery, &reason)
+                    dead_letter(settle, &h.delivery, &reason)
                         .instrument(log_span)
                         .await;
                 }
             }
         }
+        acknowledge(settle, applied).await;
         held = rest;
     }
 }
 
 /// Parses a delivery; one that cannot be parsed is dead-lettered here.
-async fn receive(ctx: &Context, dead_letters: &Channel, delivery: Delivery) -> Option<Held> {
+async fn receive(settle: &Settle, delivery: Delivery) -> Option<Held> {
+    let ctx = &*settle.ctx;
     // An event from an old or foreign producer may carry no request id: give its handling
     // a fresh one, so its log lines and the ApplyUserContact call can still be followed.
     let origin = messaging::EventOrigin::of_message(&delivery.properties);
@@ -366,7 +386,7 @@ async fn receive(ctx: &Context, dead_letters: &Channel, delivery: Delivery) -> O
         }),
         Err(reason) => {
             trace_span.fail(format!("dead-lettered: {reason}"));
-            dead_letter(ctx, dead_letters, &delivery, &reason)
+            dead_letter(settle, &delivery, &reason)
                 .instrument(log_span)
                 .await;
             None
@@ -400,22 +420,39 @@ fn newest_per_user(held: Vec<Held>) -> (Vec<Held>, Vec<Held>) {
     (round, rest)
 }
 
-/// Acks a delivery whose change is in order-svc now (applied, or `superseded` by a newer
-/// version of its user that was).
-async fn acknowledge(ctx: &Context, h: Held, matched: u64, modified: u64, superseded: bool) {
-    let log_span = h.log_span.clone();
-    async move {
-        if let Err(e) = h.delivery.acker.ack(BasicAckOptions::default()).await {
-            // Applied but not acknowledged: it comes again and changes nothing.
-            tracing::warn!(error = %e, "ack failed; the event will be redelivered (harmless)");
-            return;
-        }
+/// An event whose change is in order-svc now: applied with these counts, or
+/// `superseded` by a newer version of its user that was.
+struct Applied {
+    held: Held,
+    matched: u64,
+    modified: u64,
+    superseded: bool,
+}
+
+/// Acknowledges a round's applied events together (one ack frame, sent once every
+/// earlier delivery is settled too), and counts and logs each.
+async fn acknowledge(settle: &Settle, applied: Vec<Applied>) {
+    let ctx = &*settle.ctx;
+    let tags = applied.iter().map(|a| a.held.delivery.delivery_tag);
+    if let Err(e) = settle.acks.ack(tags).await {
+        // Applied but not acknowledged: they come again and change nothing.
+        tracing::warn!(error = %e, events = applied.len(), "ack failed; the events will be redelivered (harmless)");
+    }
+    let now = chrono::Utc::now();
+    for Applied {
+        held: h,
+        matched,
+        modified,
+        superseded,
+    } in applied
+    {
+        let _log = h.log_span.enter();
         ctx.metrics.applied.inc();
         if superseded {
             ctx.metrics.superseded.inc();
         }
         ctx.metrics.orders_modified.inc_by(modified);
-        let lag = chrono::Utc::now() - h.update.occurred_at;
+        let lag = now - h.update.occurred_at;
         ctx.metrics
             .lag
             .observe(lag.to_std().unwrap_or_default().as_secs_f64());
@@ -426,21 +463,19 @@ async fn acknowledge(ctx: &Context, h: Held, matched: u64, modified: u64, supers
             tracing::info!(user_id = %contact.user_id, version = contact.version, matched, modified, "event applied");
         }
     }
-    .instrument(log_span)
-    .await
 }
 
 /// Hands a delivery back to the queue unprocessed (shutdown ran out of time).
-async fn hand_back(ctx: &Context, h: Held) {
-    ctx.metrics.requeued.inc();
+async fn hand_back(settle: &Settle, h: Held) {
+    settle.ctx.metrics.requeued.inc();
     let requeue = BasicNackOptions {
         requeue: true,
         multiple: false,
     };
-    if let Err(e) = h
-        .delivery
-        .acker
-        .nack(requeue)
+    let nack = h.delivery.acker.nack(requeue);
+    if let Err(e) = settle
+        .acks
+        .settle_alone(h.delivery.delivery_tag, nack)
         .instrument(h.log_span.clone())
         .await
     {
@@ -645,7 +680,8 @@ where
 /// Moves a delivery to the dead-letter exchange with `reason` in its headers, then acks
 /// it. If that publish is not confirmed, the delivery is rejected instead, and RabbitMQ
 /// dead-letters it itself (without our reason header, which the log line keeps).
-async fn dead_letter(ctx: &Context, dead_letters: &Channel, delivery: &Delivery, reason: &str) {
+async fn dead_letter(settle: &Settle, delivery: &Delivery, reason: &str) {
+    let (ctx, dead_letters) = (&*settle.ctx, &settle.dead_letters);
     tracing::error!(%reason, "event cannot be applied; dead-lettering it");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
@@ -664,18 +700,17 @@ async fn dead_letter(ctx: &Context, dead_letters: &Channel, delivery: &Delivery,
     )
     .await;
     let confirmed = published.is_ok();
+    let tag = delivery.delivery_tag;
     let settled = if confirmed {
         ctx.metrics.dead_lettered.inc();
-        delivery.acker.ack(BasicAckOptions::default()).await
+        settle.acks.ack([tag]).await.map(|()| true)
     } else {
         if let Err(e) = &published {
             tracing::warn!(error = %e, "the dead-letter publish was not confirmed; rejecting so RabbitMQ dead-letters it");
         }
         ctx.metrics.dead_lettered.inc();
-        delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
+        let reject = delivery.acker.reject(BasicRejectOptions { requeue: false });
+        settle.acks.settle_alone(tag, reject).await
     };
     if let Err(e) = settled {
         tracing::warn!(error = %e, "could not settle the dead-lettered delivery; it will come again");

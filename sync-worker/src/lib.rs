@@ -4,6 +4,7 @@
 //! is older, so duplicate, late or reordered events cannot undo a newer change. Its progress lives in RabbitMQ: a
 //! delivery is acknowledged only after it was applied.
 
+mod acks;
 mod consumer;
 pub mod dlq;
 mod metrics;

@@ -15,6 +15,8 @@ pub struct WorkerMetrics {
     pub dead_lettered: Counter,
     pub redelivered: Counter,
     pub requeued: Counter,
+    /// basic.ack frames sent: each settles every applied delivery up to its tag.
+    pub acks_sent: Counter,
     pub connect_failures: Counter,
     pub connected: Gauge,
     /// From the change (the event's occurredAt) to its application, in seconds.
@@ -34,6 +36,7 @@ impl WorkerMetrics {
             dead_lettered: Counter::default(),
             redelivered: Counter::default(),
             requeued: Counter::default(),
+            acks_sent: Counter::default(),
             connect_failures: Counter::default(),
             connected: Gauge::default(),
             // 1 ms … ~65 s
@@ -48,7 +51,7 @@ impl WorkerMetrics {
         );
         registry.register(
             "events_applied",
-            "Events applied to order-svc and acknowledged",
+            "Events applied to order-svc (each acknowledged as soon as every earlier delivery is settled too)",
             m.applied.clone(),
         );
         registry.register(
@@ -85,6 +88,11 @@ impl WorkerMetrics {
             "events_requeued",
             "Deliveries handed back unprocessed (shutdown)",
             m.requeued.clone(),
+        );
+        registry.register(
+            "acks_sent",
+            "basic.ack frames sent to RabbitMQ, each settling every applied delivery up to its tag (events_applied / acks_sent is the deliveries an ack settles)",
+            m.acks_sent.clone(),
         );
         registry.register(
             "connect_failures",
