@@ -108,9 +108,11 @@ pub(crate) async fn session(
     let mut hand = Hand {
         waiting: Vec::new(),
         batches: JoinSet::new(),
-        ctx: ctx.clone(),
-        dead_letters: dead_letters.clone(),
-        acks: Arc::new(AckWindow::new(channel.clone(), ctx.metrics.clone())),
+        settle: Arc::new(Settle {
+            ctx: ctx.clone(),
+            dead_letters: dead_letters.clone(),
+            acks: AckWindow::new(channel.clone(), ctx.metrics.clone()),
+        }),
         abandon: abandon.clone(),
     };
     let lost = messaging::lost(connection);
@@ -188,10 +190,7 @@ struct Hand {
     waiting: Vec<Delivery>,
     /// Each task settles every delivery of its batch (ack, dead-letter or hand back).
     batches: JoinSet<()>,
-    ctx: Arc<Context>,
-    dead_letters: Channel,
-    /// The consuming channel's unacknowledged deliveries; one ack settles many.
-    acks: Arc<AckWindow>,
+    settle: Arc<Settle>,
     abandon: CancellationToken,
 }
 
@@ -202,24 +201,21 @@ impl Hand {
 
     /// Takes a delivery into hand (counted as it arrives, whenever its batch starts).
     fn push(&mut self, delivery: Delivery) {
-        self.ctx.metrics.consumed.inc();
+        let ctx = &self.settle.ctx;
+        ctx.metrics.consumed.inc();
         if delivery.redelivered {
-            self.ctx.metrics.redelivered.inc();
+            ctx.metrics.redelivered.inc();
         }
-        self.acks.received(delivery.delivery_tag);
+        self.settle.acks.received(delivery.delivery_tag);
         self.waiting.push(delivery);
     }
 
     /// Starts batches from the waiting deliveries while a slot is free.
     fn start_batches(&mut self) {
         while !self.waiting.is_empty() && self.batches.len() < BATCHES_IN_FLIGHT {
-            let n = self.waiting.len().min(self.ctx.config.batch);
+            let n = self.waiting.len().min(self.settle.ctx.config.batch);
             let batch: Vec<Delivery> = self.waiting.drain(..n).collect();
-            let settle = Settle {
-                ctx: self.ctx.clone(),
-                dead_letters: self.dead_letters.clone(),
-                acks: self.acks.clone(),
-            };
+            let settle = self.settle.clone();
             let abandon = self.abandon.clone();
             self.batches
                 .spawn(async move { handle_batch(&settle, batch, &abandon).await });
@@ -229,7 +225,7 @@ impl Hand {
     /// Moves the deliveries the consumer can give without waiting into `waiting`.
     fn take_ready(&mut self, consumer: &mut lapin::Consumer) -> Result<(), SessionEnd> {
         use futures::FutureExt;
-        while self.waiting.len() < self.ctx.config.batch {
+        while self.waiting.len() < self.settle.ctx.config.batch {
             match consumer.next().now_or_never() {
                 None => return Ok(()),
                 Some(Some(Ok(delivery))) => self.push(delivery),
@@ -245,11 +241,12 @@ impl Hand {
     }
 }
 
-/// What a batch settles its deliveries with: the dead-letter channel and the ack window.
+/// What a session's batches share to settle their deliveries: the dead-letter channel and
+/// the consuming channel's ack window (one ack settles many).
 struct Settle {
     ctx: Arc<Context>,
     dead_letters: Channel,
-    acks: Arc<AckWindow>,
+    acks: AckWindow,
 }
 
 /// A parsed delivery waiting to be applied, with what its handling is followed by.
