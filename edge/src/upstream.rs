@@ -60,7 +60,7 @@ pub struct Served<T> {
 #[derive(Clone)]
 pub struct Upstreams {
     users: [UserServiceClient<Channel>; 2],
-    orders: OrderServiceClient<Channel>,
+    orders: Channel,
     /// (name, channel) of each upstream, for /health.
     named: [(&'static str, Channel); 3],
     timeout: Duration,
@@ -99,7 +99,7 @@ impl Upstreams {
                 UserServiceClient::new(v1.clone()),
                 UserServiceClient::new(v2.clone()),
             ],
-            orders: OrderServiceClient::new(orders.clone()),
+            orders: orders.clone(),
             named: [
                 ("user-svc-v1", v1),
                 ("user-svc-v2", v2),
@@ -249,6 +249,24 @@ impl Upstreams {
     ) -> Result<Resp, Status>
     where
         F: FnOnce(OrderServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.orders_over(context, message, |channel, request| {
+            call(OrderServiceClient::new(channel), request)
+        })
+        .await
+    }
+
+    /// [`Self::orders`] for a call made on the channel itself, with a codec of its own
+    /// (the list call's, which reads the answer straight into the REST page).
+    pub async fn orders_over<Req, Resp, F, Fut>(
+        &self,
+        context: &Call,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, Status>
+    where
+        F: FnOnce(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         // Ejected: answer at once rather than wait out another deadline.

@@ -117,8 +117,12 @@ pub struct OrderView {
 
 /// An item's price from order-svc, or why it is unusable.
 pub(super) fn item_price(item: &pb::OrderItem) -> Result<Price, String> {
-    let price = item.price.as_ref().map_or("", |p| p.value.as_str());
-    Price::parse(price).map_err(|e| format!("order-svc sent an unusable price {price:?}: {e}"))
+    price(item.price.as_ref().map_or("", |p| p.value.as_str()))
+}
+
+/// A price's text from order-svc as a price, or why it is unusable.
+pub(super) fn price(text: &str) -> Result<Price, String> {
+    Price::parse(text).map_err(|e| format!("order-svc sent an unusable price {text:?}: {e}"))
 }
 
 /// An order's status from order-svc, or why it is unusable.
@@ -333,14 +337,15 @@ pub async fn list_orders(
         page_size: query.limit.unwrap_or(0),
         page_token: query.page_token.unwrap_or_default(),
     };
-    let reply = state
+    let page = state
         .upstreams
-        .orders(&call, request, |mut client, request| async move {
-            client.list_orders(request).await
-        })
+        .orders_over(&call, request, order_page::list_orders)
         .await
         .map_err(|s| ApiError::from_status(&s, UPSTREAM, list_rename))?;
-    page(&reply.orders, &reply.next_page_token)
+    match page {
+        order_page::ListedPage::Json(json) => Ok(JsonBytes(json)),
+        order_page::ListedPage::Unusable(cause) => Err(unusable(cause)),
+    }
 }
 
 /// A page as the answer: [`OrdersEnvelope`]'s JSON, written by [`order_page`].
