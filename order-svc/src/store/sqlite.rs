@@ -12,9 +12,6 @@ use serde::Deserialize;
 use tandem::domain::{
     Address, ContactChange, EmailList, OrderId, OrderStatus, Price, UserContact, UserId,
 };
-use tandem::proto::common::v1 as pb_common;
-use tandem::proto::order::v1 as pb;
-use tandem::proto::timestamp;
 use tandem_storage::sqlite::{self, Database, SqliteError};
 
 use super::{
@@ -149,6 +146,11 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The emails column, a JSON array, each address borrowed from the column wherever it
+/// holds no escapes.
+#[derive(Deserialize)]
+struct StoredEmails<'a>(#[serde(borrow)] Vec<Cow<'a, str>>);
+
 /// An item as the JSON column holds it: `["book-1",2,"29.99"]` (item id, quantity, price
 /// as text). Rows written before 2026-12 hold `{"itemId":…,"quantity":…,"price":…}`;
 /// serde reads a struct from either, so both forms load, and a binary of before reads
@@ -195,15 +197,17 @@ fn text<'r>(row: &'r Row<'_>, column: usize) -> rusqlite::Result<&'r str> {
 }
 
 /// An order's row, its text read in place from SQLite's buffer (the JSON columns parsed,
-/// item ids and prices borrowed wherever they hold no escapes), before it becomes an
-/// [`Order`] (ids and prices parsed into domain values) or, on the list path, a
-/// `pb::Order` (copied as written: bench/FINDINGS.md §11).
+/// item ids, prices and emails borrowed wherever they hold no escapes), before it becomes
+/// an [`Order`] (ids and prices parsed into domain values) or, on the list path, the
+/// bytes of its message, written from the row as it was stored (bench/FINDINGS.md §11,
+/// §18).
 struct StoredOrder<'r> {
     order_id: &'r str,
     user_id: &'r str,
     items: Vec<StoredItem<'r>>,
-    emails: Vec<String>,
-    address: pb_common::Address,
+    emails: StoredEmails<'r>,
+    /// Street, city, province, postal code, country.
+    address: [&'r str; 5],
     status: OrderStatus,
     contact_version: i64,
     created_at: DateTime<Utc>,
@@ -216,13 +220,13 @@ impl<'r> StoredOrder<'r> {
         let user_id = text(row, 1)?;
         let items = text(row, 2)?;
         let emails = text(row, 3)?;
-        let address = pb_common::Address {
-            street: row.get(4)?,
-            city: row.get(5)?,
-            province: row.get(6)?,
-            postal_code: row.get(7)?,
-            country: row.get(8)?,
-        };
+        let address = [
+            text(row, 4)?,
+            text(row, 5)?,
+            text(row, 6)?,
+            text(row, 7)?,
+            text(row, 8)?,
+        ];
         let status = text(row, 9)?;
         let contact_version: i64 = row.get(10)?;
         let created_at: i64 = row.get(11)?;
@@ -259,19 +263,15 @@ impl<'r> StoredOrder<'r> {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let a = self.address;
+        let [street, city, province, postal_code, country] = self.address.map(str::to_owned);
         Ok(Order {
             order_id: OrderId::parse(order_id).map_err(|_| corrupt(order_id, "order_id"))?,
             user_id: UserId::parse(self.user_id).map_err(|_| corrupt(order_id, "user_id"))?,
             items,
-            emails: EmailList::from_stored(self.emails),
-            delivery_address: Address::from_stored(
-                a.street,
-                a.city,
-                a.province,
-                a.postal_code,
-                a.country,
+            emails: EmailList::from_stored(
+                self.emails.0.into_iter().map(Cow::into_owned).collect(),
             ),
+            delivery_address: Address::from_stored(street, city, province, postal_code, country),
             status: self.status,
             contact_version: self.contact_version,
             created_at: self.created_at,
@@ -282,8 +282,13 @@ impl<'r> StoredOrder<'r> {
     /// The message, the ids and prices copied as written: they were stored in their
     /// canonical form (`OrderId`'s and `Price`'s `Display`), so parsing them to print
     /// them again, as `into_order` then `Order::into_proto` do, gives back the same text
-    /// at a cost. `lists_serve_what_gets_serve` holds the two paths equal.
-    fn into_proto(self) -> pb::Order {
+    /// at a cost. The list writes this message's bytes itself ([`Self::encode`]); this
+    /// is what its test holds them to.
+    #[cfg(test)]
+    fn into_proto(self) -> tandem::proto::order::v1::Order {
+        use tandem::proto::common::v1 as pb_common;
+        use tandem::proto::order::v1 as pb;
+        use tandem::proto::timestamp;
         pb::Order {
             order_id: self.order_id.to_owned(),
             user_id: self.user_id.to_owned(),
@@ -298,13 +303,59 @@ impl<'r> StoredOrder<'r> {
                     }),
                 })
                 .collect(),
-            emails: self.emails,
-            delivery_address: Some(self.address),
+            emails: self.emails.0.into_iter().map(Cow::into_owned).collect(),
+            delivery_address: Some({
+                let [street, city, province, postal_code, country] =
+                    self.address.map(str::to_owned);
+                pb_common::Address {
+                    street,
+                    city,
+                    province,
+                    postal_code,
+                    country,
+                }
+            }),
             order_status: self.status.to_proto() as i32,
             created_at: Some(timestamp(self.created_at)),
             updated_at: Some(timestamp(self.updated_at)),
             contact_version: self.contact_version,
         }
+    }
+}
+
+impl StoredOrder<'_> {
+    /// The `orders` field of a `ListOrdersResponse` holding this order: the bytes prost
+    /// writes for [`Self::into_proto`]'s message, written from the row's text in place
+    /// (bench/FINDINGS.md §18; `listed_orders_are_the_bytes_prost_writes`).
+    fn encode(&self, page: &mut Vec<u8>) {
+        use crate::wire::{field, int, message, repeated_string, string, timestamp};
+        // An order's message is over 127 bytes (its two ids alone are 76) and, short of
+        // thousands of items, under 16 KiB: a length of two bytes.
+        message(page, crate::wire::ORDERS, 2, |page| {
+            string(page, field::ORDER_ID, self.order_id);
+            string(page, field::USER_ID, self.user_id);
+            for item in &self.items {
+                message(page, field::ITEMS, 1, |page| {
+                    string(page, field::ITEM_ID, &item.item_id);
+                    int(page, field::ITEM_QUANTITY, item.quantity);
+                    message(page, field::ITEM_PRICE, 1, |page| {
+                        string(page, field::DECIMAL_VALUE, &item.price)
+                    });
+                });
+            }
+            for email in &self.emails.0 {
+                repeated_string(page, field::EMAILS, email);
+            }
+            message(page, field::DELIVERY_ADDRESS, 1, |page| {
+                for (tag, part) in field::ADDRESS.into_iter().zip(self.address) {
+                    string(page, tag, part);
+                }
+            });
+            int(page, field::ORDER_STATUS, self.status.to_proto() as i64);
+            timestamp(page, field::CREATED_AT, self.created_at);
+            timestamp(page, field::UPDATED_AT, self.updated_at);
+            int(page, field::CONTACT_VERSION, self.contact_version);
+        });
     }
 }
 
@@ -452,7 +503,10 @@ impl OrderStore for SqliteOrderStore {
             .read(move |conn| {
                 let mut page = PageEncoder::new(page_size);
                 query_orders(conn, filter, after, page_size + 1, |row| {
-                    page.push(StoredOrder::read(row)??.into_proto());
+                    let order = StoredOrder::read(row)??;
+                    page.push_with(order.order_id, Some(order.created_at), |page| {
+                        order.encode(page)
+                    });
                     Ok(())
                 })?;
                 page.finish()
@@ -644,6 +698,78 @@ mod tests {
         }
         let both: Vec<StoredItem> = serde_json::from_str(map_form).unwrap();
         assert_eq!(both[1].price, "0.5");
+    }
+
+    /// The list's orders, written from the row in place, are the bytes prost writes for
+    /// the message built from the same row: fields left out at their defaults, empty
+    /// lists and strings, negative numbers, lengths of one, two and three bytes.
+    #[tokio::test]
+    async fn listed_orders_are_the_bytes_prost_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
+            .await
+            .unwrap();
+        let long = "x".repeat(200);
+        let very_long = "é".repeat(10_000);
+        let rows: Vec<[String; 4]> = vec![
+            [
+                r#"[["book \"one\"",2,"29.90"],["mug",1,"0.5"]]"#.into(),
+                // The second escaped in the column: read into a string of its own.
+                r#"["a@b.co","sec\u00f6nd@x.co"]"#.into(),
+                "'s', 'c', 'p', 'z', 'C', 'delivered', 3, 1764000000123, 1764000000456".into(),
+                "plain".into(),
+            ],
+            [
+                "[]".into(),
+                "[]".into(),
+                "'', '', '', '', '', 'under process', 0, 0, 0".into(),
+                "empty".into(),
+            ],
+            [
+                format!(
+                    r#"[["{long}",9000000000,"123456789012345678.123456789"],["",-1,""],["{very_long}",0,"0"]]"#
+                ),
+                r#"["","zoë@example.com"]"#.into(),
+                "'Straße 5 – 😀', '', 'QC', '', 'CA', 'shipping', -5, -1, -62135596800000".into(),
+                "long".into(),
+            ],
+        ];
+        for [items, emails, rest, what] in rows {
+            let order_id = OrderId::new_random().to_string();
+            let sql = format!(
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, 'u-{what}', ?2, ?3, {rest})"
+            );
+            let id = order_id.clone();
+            store
+                .db
+                .write(move |tx| {
+                    tx.execute(&sql, params![id, items, emails])?;
+                    Ok::<_, SqliteError>(())
+                })
+                .await
+                .unwrap();
+            let (written, expected) = store
+                .db
+                .read(move |conn| {
+                    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
+                    Ok::<_, SqliteError>(conn.query_row(&sql, [&order_id], |row| {
+                        let order = StoredOrder::read(row)?.unwrap();
+                        let mut written = Vec::new();
+                        order.encode(&mut written);
+                        let mut expected = Vec::new();
+                        let message = order.into_proto();
+                        prost::encoding::message::encode(
+                            crate::wire::ORDERS,
+                            &message,
+                            &mut expected,
+                        );
+                        Ok((written, expected))
+                    })?)
+                })
+                .await
+                .unwrap();
+            assert_eq!(written, expected, "{what}");
+        }
     }
 
     #[tokio::test]
