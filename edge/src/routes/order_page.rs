@@ -334,7 +334,7 @@ mod field {
 
 /// The REST page for the bytes of a `ListOrdersResponse`: what [`write`] makes of the
 /// message prost decodes from them, or why they are not one.
-pub fn transcode(mut wire: &[u8]) -> Result<ListedPage, Malformed> {
+pub fn transcode(wire: &[u8]) -> Result<ListedPage, Malformed> {
     // The JSON is about one and a half times the protobuf (its keys); room for twice, so
     // the buffer is not grown (and copied) while it is written.
     let mut out = start(2 * wire.len());
@@ -343,14 +343,11 @@ pub fn transcode(mut wire: &[u8]) -> Result<ListedPage, Malformed> {
     let mut next_page_token = "";
     // The first unusable order; the rest is still read, as a malformed answer wins.
     let mut unusable = None;
-    let ctx = DecodeContext::default();
-    while !wire.is_empty() {
-        let (tag, wire_type) = decode_key(&mut wire)?;
+    each_field(wire, |tag, wire_type, wire| {
         match tag {
             field::PAGE_ORDERS => {
-                let body = delimited(wire_type, &mut wire)?;
                 order.clear();
-                order.merge(body)?;
+                order.merge(delimited(wire_type, wire)?)?;
                 if unusable.is_none()
                     && let Err(e) = write_order(&mut out, orders, &order)
                 {
@@ -358,107 +355,103 @@ pub fn transcode(mut wire: &[u8]) -> Result<ListedPage, Malformed> {
                 }
                 orders += 1;
             }
-            field::PAGE_NEXT_PAGE_TOKEN => next_page_token = text(wire_type, &mut wire)?,
-            _ => prost::encoding::skip_field(wire_type, tag, &mut wire, ctx.clone())?,
+            field::PAGE_NEXT_PAGE_TOKEN => next_page_token = text(wire_type, wire)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(match unusable {
         Some(e) => ListedPage::Unusable(e),
         None => ListedPage::Json(finish(out, next_page_token)),
     })
 }
 
+/// Reads a message's fields in the order they come, as prost's generated `merge` does:
+/// `read` takes a field it knows from the wire and says so; any other is skipped.
+fn each_field<'a>(
+    mut wire: &'a [u8],
+    mut read: impl FnMut(u32, WireType, &mut &'a [u8]) -> Result<bool, Malformed>,
+) -> Result<(), Malformed> {
+    while !wire.is_empty() {
+        let (tag, wire_type) = decode_key(&mut wire)?;
+        if !read(tag, wire_type, &mut wire)? {
+            prost::encoding::skip_field(wire_type, tag, &mut wire, DecodeContext::default())?;
+        }
+    }
+    Ok(())
+}
+
 impl<'a> OrderFields<'a> {
     /// Reads an `Order`'s fields into these, as prost merges a message.
-    fn merge(&mut self, mut wire: &'a [u8]) -> Result<(), Malformed> {
-        let ctx = DecodeContext::default();
-        while !wire.is_empty() {
-            let (tag, wire_type) = decode_key(&mut wire)?;
+    fn merge(&mut self, wire: &'a [u8]) -> Result<(), Malformed> {
+        let ctx = DecodeContext::default;
+        each_field(wire, |tag, wire_type, wire| {
             match tag {
-                field::ORDER_ID => self.order_id = text(wire_type, &mut wire)?,
-                field::ORDER_USER_ID => self.user_id = text(wire_type, &mut wire)?,
+                field::ORDER_ID => self.order_id = text(wire_type, wire)?,
+                field::ORDER_USER_ID => self.user_id = text(wire_type, wire)?,
                 field::ORDER_ITEMS => {
                     let mut item = ItemFields::default();
-                    item.merge(delimited(wire_type, &mut wire)?)?;
+                    item.merge(delimited(wire_type, wire)?)?;
                     self.items.push(item);
                 }
-                field::ORDER_EMAILS => self.emails.push(text(wire_type, &mut wire)?),
+                field::ORDER_EMAILS => self.emails.push(text(wire_type, wire)?),
                 field::ORDER_DELIVERY_ADDRESS => {
-                    let mut address = delimited(wire_type, &mut wire)?;
-                    while !address.is_empty() {
-                        let (tag, wire_type) = decode_key(&mut address)?;
-                        match tag {
-                            1..=5 => {
-                                self.address[tag as usize - 1] = text(wire_type, &mut address)?
-                            }
-                            _ => prost::encoding::skip_field(
-                                wire_type,
-                                tag,
-                                &mut address,
-                                ctx.clone(),
-                            )?,
+                    // Fields 1–5: street, city, province, postal code, country.
+                    each_field(delimited(wire_type, wire)?, |tag, wire_type, wire| {
+                        if !(1..=5).contains(&tag) {
+                            return Ok(false);
                         }
-                    }
+                        self.address[tag as usize - 1] = text(wire_type, wire)?;
+                        Ok(true)
+                    })?
                 }
-                field::ORDER_STATUS => prost::encoding::int32::merge(
-                    wire_type,
-                    &mut self.status,
-                    &mut wire,
-                    ctx.clone(),
-                )?,
+                field::ORDER_STATUS => {
+                    prost::encoding::int32::merge(wire_type, &mut self.status, wire, ctx())?
+                }
                 field::ORDER_CREATED_AT | field::ORDER_UPDATED_AT => {
                     let at = if tag == field::ORDER_CREATED_AT {
                         &mut self.created_at
                     } else {
                         &mut self.updated_at
                     };
-                    let body = delimited(wire_type, &mut wire)?;
-                    at.get_or_insert_default().merge(body)?;
+                    at.get_or_insert_default()
+                        .merge(delimited(wire_type, wire)?)?;
                 }
                 field::ORDER_CONTACT_VERSION => {
                     // Not on the page, but read as prost reads it: a wrong wire type is an error.
-                    let mut version = 0;
-                    prost::encoding::int64::merge(wire_type, &mut version, &mut wire, ctx.clone())?
+                    prost::encoding::int64::merge(wire_type, &mut 0, wire, ctx())?
                 }
-                _ => prost::encoding::skip_field(wire_type, tag, &mut wire, ctx.clone())?,
+                _ => return Ok(false),
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 }
 
 impl<'a> ItemFields<'a> {
-    fn merge(&mut self, mut wire: &'a [u8]) -> Result<(), Malformed> {
-        let ctx = DecodeContext::default();
-        while !wire.is_empty() {
-            let (tag, wire_type) = decode_key(&mut wire)?;
+    fn merge(&mut self, wire: &'a [u8]) -> Result<(), Malformed> {
+        each_field(wire, |tag, wire_type, wire| {
             match tag {
-                field::ITEM_ID => self.item_id = text(wire_type, &mut wire)?,
+                field::ITEM_ID => self.item_id = text(wire_type, wire)?,
                 field::ITEM_QUANTITY => prost::encoding::int64::merge(
                     wire_type,
                     &mut self.quantity,
-                    &mut wire,
-                    ctx.clone(),
+                    wire,
+                    DecodeContext::default(),
                 )?,
                 field::ITEM_PRICE => {
-                    let mut decimal = delimited(wire_type, &mut wire)?;
-                    while !decimal.is_empty() {
-                        let (tag, wire_type) = decode_key(&mut decimal)?;
-                        match tag {
-                            field::DECIMAL_VALUE => self.price = text(wire_type, &mut decimal)?,
-                            _ => prost::encoding::skip_field(
-                                wire_type,
-                                tag,
-                                &mut decimal,
-                                ctx.clone(),
-                            )?,
+                    each_field(delimited(wire_type, wire)?, |tag, wire_type, wire| {
+                        if tag != field::DECIMAL_VALUE {
+                            return Ok(false);
                         }
-                    }
+                        self.price = text(wire_type, wire)?;
+                        Ok(true)
+                    })?
                 }
-                _ => prost::encoding::skip_field(wire_type, tag, &mut wire, ctx.clone())?,
+                _ => return Ok(false),
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 }
 
