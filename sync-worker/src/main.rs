@@ -89,7 +89,13 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let telemetry = telemetry::init(&args.log, "sync-worker");
+    // The DLQ commands answer on standard output (`--json` lines a script reads); their
+    // logs go to standard error, so none lands among the answer's lines.
+    let output = match args.command {
+        Some(Command::Dlq { .. }) => telemetry::LogOutput::Stderr,
+        None | Some(Command::Run) => telemetry::LogOutput::Stdout,
+    };
+    let telemetry = telemetry::init_to(&args.log, "sync-worker", output);
     let result = run(args).await;
     telemetry.shutdown();
     tandem_serving::exit_status("sync-worker", result)

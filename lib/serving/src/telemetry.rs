@@ -5,6 +5,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,10 +41,26 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber and, when an OTLP endpoint is given, the span export
-/// as `service_name`. Call once, from `main`, inside the Tokio runtime.
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard output, where container runtimes and scripts/start collect a service's.
+    Stdout,
+    /// Standard error: for a command whose standard output is its answer
+    /// (`sync-worker dlq list --json`), which a log line there would corrupt.
+    Stderr,
+}
+
+/// Installs the global subscriber, logging to standard output, and, when an OTLP
+/// endpoint is given, the span export as `service_name`. Call once, from `main`, inside
+/// the Tokio runtime.
 pub fn init(args: &LogArgs, service_name: &str) -> Telemetry {
-    init_logs(args);
+    init_to(args, service_name, LogOutput::Stdout)
+}
+
+/// [`init`], with the log lines going to `output`.
+pub fn init_to(args: &LogArgs, service_name: &str, output: LogOutput) -> Telemetry {
+    init_logs(args, output);
     let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
         return Telemetry { exporting: false };
     };
@@ -60,21 +77,33 @@ pub fn init(args: &LogArgs, service_name: &str) -> Telemetry {
     }
 }
 
-fn init_logs(args: &LogArgs) {
+fn init_logs(args: &LogArgs, output: LogOutput) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
+    let (writer, terminal) = match output {
+        LogOutput::Stdout => (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        ),
+        LogOutput::Stderr => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
     match args.log_format {
         LogFormat::Text => registry
             .with(
                 fmt::layer()
+                    .with_writer(writer)
                     .with_target(false)
                     // Colors only on a terminal, never in log files.
-                    .with_ansi(std::io::stdout().is_terminal()),
+                    .with_ansi(terminal),
             )
             .init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
+                    .with_writer(writer)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true),

@@ -848,6 +848,9 @@ impl Stack {
             .args(args)
             .args(["--amqp", &self.broker_url])
             .args(self.topology().to_args())
+            // Every log line on: a command's logs must stay off the answer the tests
+            // read from its standard output (AMQP's own debug lines included).
+            .env("RUST_LOG", "debug")
             .output()
             .expect("sync-worker runs")
     }
