@@ -789,6 +789,62 @@ async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
     );
 }
 
+/// The hand-over path: while its relay is connected, user-svc writes each event leased to
+/// that relay and hands it over in memory. Killed while the relay holds such events
+/// unconfirmed (the broker gone silent), the process takes them with it; the outbox keeps
+/// them, and once their lease runs out the restarted process publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_svc_killed_holding_handed_over_events_publishes_them_after_their_lease() {
+    let mut stack = StackBuilder::sync()
+        .env("USER_SVC_OUTBOX_LEASE_SECS", "3")
+        .start()
+        .await;
+    let (_connection, channel, audit) = audit_queue(&stack).await;
+    let mut expected = stack.seed(8, 2).await;
+    let all: Vec<String> = expected.keys().cloned().collect();
+    let ops = stack.ops(Service::UserV1);
+    let handed_before = metric(&ops, "tandem_user_outbox_handed_over_total")
+        .await
+        .unwrap_or(0.0);
+    // The broker stops answering but the connection stays up: the relay is still
+    // connected, takes each event as it is written and waits for confirms that never come.
+    stack.proxy().silence();
+    let mut users = stack.users().await;
+    let changed: HashSet<String> = all[..5].iter().cloned().collect();
+    for (step, id) in changed.iter().enumerate() {
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    metric_at_least(
+        &ops,
+        "tandem_user_outbox_handed_over_total",
+        handed_before + 5.0,
+    )
+    .await;
+    assert!(
+        stack.converged(&expected).await.is_err(),
+        "nothing can have been applied through a silent broker"
+    );
+    stack.kill(Service::UserV1).await;
+    stack.proxy().restore();
+    stack.start(Service::UserV1).await;
+    stack.wait_converged(&expected, CONVERGE).await;
+
+    let published: HashSet<String> = audited(&channel, &audit, changed.len())
+        .await
+        .into_iter()
+        .map(|e| e.contact.user_id.to_string())
+        .collect();
+    assert_eq!(
+        published, changed,
+        "exactly the changed users had their events published"
+    );
+    println!(
+        "user-svc SIGKILLed holding 5 handed-over, unconfirmed events: after their 3 s lease \
+         the restarted process published 5 events, for exactly those 5 users; lost updates: 0"
+    );
+}
+
 /// Stops and restarts the real RabbitMQ application. It disturbs every user of the
 /// broker, so it is left out of the normal run; `scripts/faults` runs it alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,10 @@ pub struct WriterFigures {
     pub max_queued: f64,
     /// Events this process's relay published per second.
     pub published_per_s: f64,
+    /// Of those, the events handed to it as they were written (published without a
+    /// claim), per second.
+    #[serde(default)]
+    pub handed_per_s: f64,
     /// The relay's batches: how many, and the mean ms of each step (claim, publish until
     /// confirmed, delete), from its `outbox_relay_step_seconds`.
     #[serde(default)]
@@ -118,6 +122,7 @@ struct Counters {
     commits: f64,
     writes: f64,
     published: f64,
+    handed: f64,
     /// (sum of seconds, count) of each of [`RELAY_STEPS`].
     steps: [(f64, f64); 3],
 }
@@ -129,6 +134,7 @@ impl Counters {
             commits: value("tandem_user_sqlite_commits"),
             writes: value("tandem_user_sqlite_writes"),
             published: value("tandem_user_outbox_published"),
+            handed: value("tandem_user_outbox_handed_over"),
             steps: RELAY_STEPS.map(|step| {
                 let labelled = |part: &str| {
                     let key =
@@ -198,6 +204,7 @@ impl WriterSampler {
                 writes_per_commit: (b.writes - a.writes) / commits.max(1.0),
                 max_queued: peaks[i].0,
                 published_per_s: (b.published - a.published) / seconds,
+                handed_per_s: (b.handed - a.handed) / seconds,
                 batches: b.steps[CONFIRM_STEP].1 - a.steps[CONFIRM_STEP].1,
                 batch_mean: (b.published - a.published)
                     / (b.steps[CONFIRM_STEP].1 - a.steps[CONFIRM_STEP].1).max(1.0),

@@ -223,15 +223,16 @@ impl Report {
                      the edge refused; per user-svc (from its ops port), \
                      SQLite commits per second, the writes each carried (PUTs and the relay's \
                      claims and deletes), the most writes queued for the writer, and the events \
-                     its relay published per second, with its batches (how many, their mean size, and the \
-                     mean ms of each step: the claim, publishing until every event was confirmed, \
-                     the delete); the most events the outbox held (both \
+                     its relay published per second (of them, how many its own writes handed it, \
+                     published without a claim), with its batches (how many, their mean size, and the \
+                     mean ms of each step: the claim, for the batches that were claimed, publishing \
+                     until every event was confirmed, the delete); the most events the outbox held (both \
                      relays share it). Queue and outbox sampled every 200 ms.\n",
                     crate::r2::MAX_IN_FLIGHT
                 );
                 let _ = writeln!(
                     out,
-                    "| updates/s | sent/s | PUT p99 ms | refused | per user-svc: commits/s, writes per commit, most queued, published/s; relay batches | outbox at most |"
+                    "| updates/s | sent/s | PUT p99 ms | refused | per user-svc: commits/s, writes per commit, most queued, published/s (handed over); relay batches | outbox at most |"
                 );
                 let _ = writeln!(out, "|---|---|---|---|---|---|");
                 for r2 in &self.r2 {
@@ -239,18 +240,27 @@ impl Report {
                         .writers
                         .iter()
                         .map(|w| {
+                            // A step that never ran has no mean (no claims when every
+                            // event was handed over).
                             let steps: Vec<String> = w
                                 .step_ms
                                 .iter()
-                                .map(|(step, ms)| format!("{step} {ms:.1}"))
+                                .map(|(step, ms)| {
+                                    if *ms > 0.0 {
+                                        format!("{step} {ms:.1}")
+                                    } else {
+                                        format!("no {step}")
+                                    }
+                                })
                                 .collect();
                             format!(
-                                "{} {:.0}, {:.1}, {:.0}, {:.0}; {:.0} batches of {:.0}: {} ms",
+                                "{} {:.0}, {:.1}, {:.0}, {:.0} ({:.0} handed over); {:.0} batches of {:.0}: {} ms",
                                 w.flavor,
                                 w.commits_per_s,
                                 w.writes_per_commit,
                                 w.max_queued,
                                 w.published_per_s,
+                                w.handed_per_s,
                                 w.batches,
                                 w.batch_mean,
                                 steps.join(", ")

@@ -80,23 +80,23 @@ impl UserSvc {
         let relay_metrics = RelayMetrics::register(&mut registry);
         let outbox_written = Arc::new(Notify::new());
         let broker_up = Arc::new(AtomicBool::new(false));
-        let api = UserApi::new(
-            self.config.flavor,
-            self.store.clone(),
-            outbox_written.clone(),
-        );
-
-        let relay_task = self.config.relay.clone().map(|config| {
-            let relay = Relay::new(
+        let relay = self.config.relay.clone().map(|config| {
+            Relay::new(
                 self.store.clone(),
                 config,
                 self.config.flavor.service_name(),
-                outbox_written,
+                outbox_written.clone(),
                 relay_metrics,
                 broker_up.clone(),
-            );
-            tokio::spawn(relay.run(shutdown.clone()))
+            )
         });
+        let api = UserApi::new(
+            self.config.flavor,
+            self.store.clone(),
+            outbox_written,
+            relay.as_ref().map(Relay::handoff),
+        );
+        let relay_task = relay.map(|relay| tokio::spawn(relay.run(shutdown.clone())));
         let ops_addr = ops.as_ref().and_then(|l| l.local_addr().ok());
         let ops_task = ops.map(|listener| {
             let broker = self.config.relay.is_some().then_some(broker_up);

@@ -53,6 +53,11 @@ struct Args {
     )]
     amqp: String,
 
+    /// How long an event stays reserved for the relay that claimed it, or was handed it
+    /// as it was written: if that relay dies, another publishes the event after this.
+    #[arg(long, env = "USER_SVC_OUTBOX_LEASE_SECS", default_value_t = 30)]
+    outbox_lease_secs: u64,
+
     #[command(flatten)]
     topology: Topology,
 
@@ -73,7 +78,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         flavor: args.flavor,
         store: args.store,
-        relay: Some(RelayConfig::new(args.amqp, args.topology)),
+        relay: Some(RelayConfig {
+            lease: std::time::Duration::from_secs(args.outbox_lease_secs.max(1)),
+            ..RelayConfig::new(args.amqp, args.topology)
+        }),
     };
     let service = UserSvc::open(config).await?;
     let ops_addr = args

@@ -7,6 +7,13 @@
 //! the normal case none is published twice. A relay that dies holding a lease lets it run
 //! out, and another publishes those events (a duplicate is possible then; consumers are
 //! idempotent by contact version).
+//!
+//! While the relay is connected, the events its own process writes reach it without a
+//! claim: each is written already leased to it and handed over in memory once its change
+//! committed ([`Handoff`]). Claiming, a write of its own in the queue behind the API's,
+//! was a third of an event's time in the outbox under load (bench/FINDINGS.md §19). What
+//! is not handed over (written while the relay was away or its queue full, or leased to
+//! a relay that died) is claimed from the outbox as before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +32,10 @@ use tandem_messaging::Topology;
 use tandem_messaging::USER_UPDATED;
 use tandem_messaging::amqp::{self as messaging, PublishError};
 use tandem_serving::trace::{Span, TraceContext};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{OutboxEvent, UserStore};
+use crate::store::{OutboxEvent, OutboxLease, UserStore};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -62,6 +69,8 @@ impl RelayConfig {
 #[derive(Clone)]
 pub struct RelayMetrics {
     published: Counter,
+    /// Events written leased to the relay and handed to it in memory (the rest it claims).
+    handed_over: Counter,
     failed: Counter,
     reconnects: Counter,
     connected: Gauge,
@@ -99,6 +108,7 @@ impl Default for RelayMetrics {
     fn default() -> Self {
         RelayMetrics {
             published: Counter::default(),
+            handed_over: Counter::default(),
             failed: Counter::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
@@ -128,6 +138,11 @@ impl RelayMetrics {
             "outbox_published",
             "user.updated events published and confirmed by the broker",
             m.published.clone(),
+        );
+        registry.register(
+            "outbox_handed_over",
+            "user.updated events written leased to this process's relay and handed to it without a claim",
+            m.handed_over.clone(),
         );
         registry.register("outbox_publish_failures", "Publish attempts that failed (refused, unroutable, unconfirmed); the event stays in the outbox", m.failed.clone());
         registry.register(
@@ -161,8 +176,57 @@ pub struct Relay {
     owner: String,
     app_id: String,
     written: Arc<Notify>,
+    /// Events written leased to this relay, in commit order ([`Handoff`]).
+    handed: tokio::sync::Mutex<mpsc::Receiver<OutboxEvent>>,
+    handoff: Handoff,
     metrics: RelayMetrics,
     connected: Arc<AtomicBool>,
+}
+
+/// How the API hands the events it writes to its process's relay: while the relay is
+/// connected and has room, an event is written already leased to it and, once its change
+/// committed, passed to it in memory, so the relay publishes it without claiming it.
+#[derive(Clone)]
+pub struct Handoff {
+    lease: OutboxLease,
+    events: mpsc::Sender<OutboxEvent>,
+    connected: Arc<AtomicBool>,
+    handed_over: Counter,
+}
+
+/// A place in the relay's queue, taken before the write: an event written leased to the
+/// relay always reaches it, or its place is given back and the write names no relay.
+pub struct HandoffSlot<'a> {
+    handoff: &'a Handoff,
+    permit: mpsc::Permit<'a, OutboxEvent>,
+}
+
+impl Handoff {
+    /// A place for one event while the relay is connected and its queue has room; `None`
+    /// otherwise, and the event is written for whichever relay claims it.
+    pub fn reserve(&self) -> Option<HandoffSlot<'_>> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return None;
+        }
+        let permit = self.events.try_reserve().ok()?;
+        Some(HandoffSlot {
+            handoff: self,
+            permit,
+        })
+    }
+}
+
+impl HandoffSlot<'_> {
+    /// The lease to write the event with.
+    pub fn lease(&self) -> &OutboxLease {
+        &self.handoff.lease
+    }
+
+    /// Passes the event, committed and leased to the relay, to the relay.
+    pub fn hand_over(self, event: OutboxEvent) {
+        self.permit.send(event);
+        self.handoff.handed_over.inc();
+    }
 }
 
 /// Why a publishing session ended.
@@ -190,15 +254,33 @@ impl Relay {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
+        // A few batches: a relay further behind than that gets the rest by claiming.
+        let (events, handed) = mpsc::channel(config.batch.max(1) * 4);
+        let handoff = Handoff {
+            lease: OutboxLease {
+                owner: owner.clone(),
+                lease: config.lease,
+            },
+            events,
+            connected: connected.clone(),
+            handed_over: metrics.handed_over.clone(),
+        };
         Relay {
             store,
             config,
             owner,
             app_id: app_id.to_owned(),
             written,
+            handed: tokio::sync::Mutex::new(handed),
+            handoff,
             metrics,
             connected,
         }
+    }
+
+    /// Where the API hands this relay the events it writes.
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
     }
 
     /// Publishes until `shutdown`, reconnecting (with capped backoff) whenever the broker
@@ -227,6 +309,10 @@ impl Relay {
         // Pauses between sessions that fail soon after connecting (a broker that accepts
         // and then refuses): growing, so such a broker is not hammered.
         let mut pauses = messaging::reconnect_backoff().build();
+        // Only this task reads the hand-over queue. `held`: events taken from it and not
+        // yet published (given back when a session ends).
+        let mut handed = self.handed.lock().await;
+        let mut held = Vec::new();
         loop {
             let metrics = self.metrics.clone();
             let Some(connection) = messaging::connect_until_up(&url, &name, shutdown, |_| {
@@ -240,8 +326,11 @@ impl Relay {
                 Ok(channel) => {
                     tracing::info!(broker = %tandem_serving::telemetry::redact_url(&url), "outbox relay connected");
                     self.set_connected(true);
-                    let end = self.session(&connection, &channel, shutdown).await;
+                    let end = self
+                        .session(&connection, &channel, shutdown, &mut handed, &mut held)
+                        .await;
                     self.set_connected(false);
+                    self.release_handed(&mut handed, &mut held).await;
                     end
                 }
                 Err(e) => SessionEnd::Lost {
@@ -292,11 +381,13 @@ impl Relay {
         connection: &Connection,
         channel: &Channel,
         shutdown: &CancellationToken,
+        handed: &mut mpsc::Receiver<OutboxEvent>,
+        held: &mut Vec<OutboxEvent>,
     ) -> SessionEnd {
-        // The delete of the last confirmed batch, still running (see `publish_due`).
+        // The delete of the last confirmed batch, still running (see `publish_batch`).
         let mut deleting = None;
         let end = self
-            .publish_while_connected(connection, channel, shutdown, &mut deleting)
+            .publish_while_connected(connection, channel, shutdown, handed, held, &mut deleting)
             .await;
         finish_delete(&mut deleting).await;
         end
@@ -307,29 +398,80 @@ impl Relay {
         connection: &Connection,
         channel: &Channel,
         shutdown: &CancellationToken,
+        handed: &mut mpsc::Receiver<OutboxEvent>,
+        held: &mut Vec<OutboxEvent>,
         deleting: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> SessionEnd {
         let lost = messaging::lost(connection);
         tokio::pin!(lost);
         let mut published = false;
         loop {
+            // What is due in the outbox first (it is older), then what was handed over;
+            // the cheap read inside `publish_due` keeps claims from starving under a
+            // steady stream of hand-overs.
+            let mut more = false;
             match self.publish_due(channel, deleting).await {
-                Ok(n) if n > 0 => {
-                    published = true;
-                    continue; // more may be due
-                }
-                Ok(_) => {}
+                Ok(n) => more |= n > 0,
                 Err(Failure::Channel(reason)) => return SessionEnd::Lost { reason, published },
                 Err(Failure::Store(reason)) => {
                     tracing::warn!(%reason, "outbox relay cannot read the outbox");
                 }
             }
+            while held.len() < self.config.batch {
+                match handed.try_recv() {
+                    Ok(event) => held.push(event),
+                    Err(_) => break,
+                }
+            }
+            if !held.is_empty() {
+                // Each change's request hands its event over when it wakes after the
+                // commit, so two changes committed together may arrive in either order;
+                // their stamps, taken in the one writer, give the commit order back.
+                held.sort_by_key(|e| e.created_at);
+                match self
+                    .publish_batch(channel, std::mem::take(held), deleting)
+                    .await
+                {
+                    Ok(n) => more |= n > 0,
+                    Err(Failure::Channel(reason)) => {
+                        return SessionEnd::Lost { reason, published };
+                    }
+                    Err(Failure::Store(reason)) => {
+                        tracing::warn!(%reason, "outbox relay cannot write the outbox");
+                    }
+                }
+            }
+            if more {
+                published = true;
+                continue; // more may be due
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 reason = &mut lost => return SessionEnd::Lost { reason, published },
+                event = handed.recv() => held.extend(event),
                 _ = self.written.notified() => {}
                 _ = tokio::time::sleep(self.config.idle_poll) => {}
             }
+        }
+    }
+
+    /// Gives back the events handed over and not published, once the session is over, so
+    /// any relay can claim them at once rather than when their lease runs out. If that
+    /// fails they wait for the lease: later, never lost.
+    async fn release_handed(
+        &self,
+        handed: &mut mpsc::Receiver<OutboxEvent>,
+        held: &mut Vec<OutboxEvent>,
+    ) {
+        let mut ids: Vec<String> = held.drain(..).map(|e| e.event_id).collect();
+        while let Ok(event) = handed.try_recv() {
+            ids.push(event.event_id);
+        }
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release_outbox(&self.owner, &ids).await {
+            tracing::warn!(error = %e, events = ids.len(), "cannot release handed-over events; they are claimed when their lease runs out");
         }
     }
 
@@ -344,9 +486,7 @@ impl Relay {
         }
     }
 
-    /// Claims due events and publishes them; returns how many it claimed. The confirmed
-    /// ones are deleted by a task left in `deleting`, so the next claim is not held up
-    /// by it (the two writes can share one group commit); at most one such delete runs.
+    /// Claims due events and publishes them; returns how many it claimed.
     async fn publish_due(
         &self,
         channel: &Channel,
@@ -362,6 +502,19 @@ impl Relay {
             return Ok(0);
         }
         self.metrics.step("claim", claiming.elapsed());
+        self.publish_batch(channel, events, deleting).await
+    }
+
+    /// Publishes `events`, leased to this relay; returns how many there were. The
+    /// confirmed ones are deleted by a task left in `deleting`, so the next batch is not
+    /// held up by it (the delete and the next claim can share one group commit); at most
+    /// one such delete runs. The others are released for the next attempt.
+    async fn publish_batch(
+        &self,
+        channel: &Channel,
+        events: Vec<OutboxEvent>,
+        deleting: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<usize, Failure> {
         let publishing = std::time::Instant::now();
         let (confirmed, failed, broken) = self.publish(channel, &events).await;
         self.metrics.step("confirm", publishing.elapsed());

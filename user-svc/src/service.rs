@@ -21,21 +21,30 @@ use tonic::{Request, Response, Status};
 
 use crate::error::UserError;
 use crate::model::User;
-use crate::store::UserStore;
+use crate::relay::Handoff;
+use crate::store::{ContactUpdated, UserStore};
 
 pub struct UserApi {
     flavor: Flavor,
     store: Arc<dyn UserStore>,
-    /// Wakes the outbox relay as soon as a change committed.
+    /// Wakes the outbox relay as soon as a change committed whose event it was not handed.
     outbox_written: Arc<Notify>,
+    /// This process's relay, when it has one: it takes the events written here directly.
+    handoff: Option<Handoff>,
 }
 
 impl UserApi {
-    pub fn new(flavor: Flavor, store: Arc<dyn UserStore>, outbox_written: Arc<Notify>) -> Self {
+    pub fn new(
+        flavor: Flavor,
+        store: Arc<dyn UserStore>,
+        outbox_written: Arc<Notify>,
+        handoff: Option<Handoff>,
+    ) -> Self {
         Self {
             flavor,
             store,
             outbox_written,
+            handoff,
         }
     }
 
@@ -113,12 +122,22 @@ impl UserApi {
             return Err(UserError::Invalid(violations));
         };
         let stamp = self.flavor.stamps_changes().then(tandem::domain::now);
-        let user = self
+        let slot = self.handoff.as_ref().and_then(Handoff::reserve);
+        let ContactUpdated { user, event } = self
             .store
-            .update_contact(user_id, &change, stamp, origin)
+            .update_contact(
+                user_id,
+                &change,
+                stamp,
+                origin,
+                slot.as_ref().map(|s| s.lease()),
+            )
             .await
             .map_err(|e| UserError::from_store(e, user_id, change.emails.as_ref()))?;
-        self.outbox_written.notify_one();
+        match slot {
+            Some(slot) => slot.hand_over(event),
+            None => self.outbox_written.notify_one(),
+        }
         tracing::info!(user_id = %user.user_id, version = user.contact_version, flavor = %self.flavor, "contact updated");
         Ok(UpdateUserContactResponse {
             user: Some(user.to_proto()),

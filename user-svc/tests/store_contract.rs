@@ -9,7 +9,9 @@ use tandem::domain::{ContactChange, UserId};
 use tandem_messaging::UserUpdated;
 use tandem_testkit::{domain_address as address, emails};
 use user_svc::model::User;
-use user_svc::store::{MongoUserStore, SqliteUserStore, StoreError, UserStore};
+use user_svc::store::{
+    MongoUserStore, OutboxEvent, OutboxLease, SqliteUserStore, StoreError, UserStore,
+};
 
 fn user(list: &[&str]) -> User {
     User {
@@ -52,8 +54,10 @@ async fn update(
                 traceparent: Some(TRACEPARENT.into()),
                 tracestate: Some("vendor=1".into()),
             },
+            None,
         )
         .await
+        .map(|updated| updated.user)
 }
 
 async fn create_then_get_round_trips(store: Arc<dyn UserStore>) {
@@ -283,6 +287,96 @@ async fn outbox_leases_keep_relays_apart(store: Arc<dyn UserStore>) {
     store.ping().await.unwrap();
 }
 
+/// The hand-over path of the relay (its own process's writes): the event is written
+/// leased to the relay named, no other relay claims it while the lease holds, and it is
+/// the very event the outbox holds.
+async fn an_event_written_leased_waits_for_its_relay(store: Arc<dyn UserStore>) {
+    let u = user(&["handed@x.io"]);
+    store.create_user(&u).await.unwrap();
+    let origin = user_svc::store::EventOrigin {
+        request_id: Some("req-2".into()),
+        traceparent: Some(TRACEPARENT.into()),
+        tracestate: None,
+    };
+    let lease = |owner: &str, lease: Duration| OutboxLease {
+        owner: owner.into(),
+        lease,
+    };
+    let updated = store
+        .update_contact(
+            u.user_id,
+            &change(None, Some("9 Handed St")),
+            None,
+            origin.clone(),
+            Some(&lease("relay-a", Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.user.contact_version, 2);
+    let handed = updated.event;
+    assert_eq!((handed.version, handed.attempts), (2, 1));
+    assert_eq!(handed.user_id, u.user_id.to_string());
+    assert_eq!(handed.origin, origin);
+    let body = UserUpdated::parse(handed.payload.as_bytes()).unwrap();
+    assert_eq!(body.contact.delivery_address.street(), "9 Handed St");
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+    assert!(
+        store
+            .claim_outbox("relay-b", Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased to relay-a as it was written"
+    );
+
+    // Given back (the relay lost its broker before publishing it): any relay takes it, and
+    // it is the event relay-a was handed.
+    store
+        .release_outbox("relay-a", std::slice::from_ref(&handed.event_id))
+        .await
+        .unwrap();
+    let retaken = store
+        .claim_outbox("relay-b", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        retaken,
+        [OutboxEvent {
+            attempts: 2,
+            ..handed.clone()
+        }]
+    );
+
+    // A relay that died with an event handed to it: the lease runs out, and another takes it.
+    let doomed = store
+        .update_contact(
+            u.user_id,
+            &change(None, Some("10 Doomed St")),
+            None,
+            origin,
+            Some(&lease("relay-c", Duration::ZERO)),
+        )
+        .await
+        .unwrap()
+        .event;
+    let rescued = store
+        .claim_outbox("relay-b", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued
+            .iter()
+            .map(|e| (&e.event_id, e.attempts))
+            .collect::<Vec<_>>(),
+        [(&doomed.event_id, 2)]
+    );
+    store
+        .complete_outbox(&[handed.event_id, doomed.event_id])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+}
+
 // === harness ===
 
 async fn sqlite_store() -> (Arc<dyn UserStore>, tempfile::TempDir) {
@@ -308,5 +402,6 @@ tandem_testkit::store_contract!(
     contact_change_bumps_version_and_records_event,
     refused_changes_leave_no_trace,
     outbox_leases_keep_relays_apart,
+    an_event_written_leased_waits_for_its_relay,
     ]
 );

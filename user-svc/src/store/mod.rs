@@ -65,6 +65,23 @@ impl OutboxEvent {
     }
 }
 
+/// A relay that publishes an event as soon as the change recording it commits: the event is
+/// written already leased to it, so that relay never has to claim it (a write of its own,
+/// queued behind the API's), and no other relay takes it while the lease holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxLease {
+    pub owner: String,
+    pub lease: Duration,
+}
+
+/// A contact change as stored: the user as changed, and the event recorded with it.
+#[derive(Debug, Clone)]
+pub struct ContactUpdated {
+    pub user: User,
+    /// Leased to the relay the change named, if any (`attempts` is then 1).
+    pub event: OutboxEvent,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboxStats {
     pub pending: u64,
@@ -80,14 +97,17 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// Applies `change` to the user, increments the contact version, sets `updated_at` to
     /// `stamp` when given, and records the `user.updated` event (with the request id and
-    /// trace context that caused it), all in one atomic write; returns the user as changed.
+    /// trace context that caused it), all in one atomic write; returns the user as changed
+    /// and the event. With `leased_to`, the event is written leased to that relay, which
+    /// is then expected to publish it (or release it) itself.
     async fn update_contact(
         &self,
         user_id: UserId,
         change: &ContactChange,
         stamp: Option<DateTime<Utc>>,
         origin: EventOrigin,
-    ) -> Result<User, StoreError>;
+        leased_to: Option<&OutboxLease>,
+    ) -> Result<ContactUpdated, StoreError>;
 
     /// Leases up to `limit` unpublished events, oldest first, to `owner` for `lease`.
     /// Events leased to another relay whose lease has not run out are skipped, so two

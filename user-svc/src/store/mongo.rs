@@ -18,7 +18,10 @@ use tandem_storage::mongo::{
     ensure_collection, from_bson_date, integer,
 };
 
-use super::{EventOrigin, OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
+use super::{
+    ContactUpdated, EventOrigin, OutboxEvent, OutboxLease, OutboxStats, StoreError, UserStore,
+    lease_end,
+};
 use crate::model::User;
 
 pub struct MongoUserStore {
@@ -226,7 +229,8 @@ fn user_from_doc(d: &Document) -> Result<User, StoreError> {
     })
 }
 
-fn outbox_doc(e: &OutboxEvent) -> Document {
+/// The outbox document of `e`, leased to `leased_to` when given.
+fn outbox_doc(e: &OutboxEvent, leased_to: Option<&OutboxLease>) -> Document {
     let mut d = doc! {
         "_id": &e.event_id,
         "userId": &e.user_id,
@@ -234,8 +238,12 @@ fn outbox_doc(e: &OutboxEvent) -> Document {
         "payload": &e.payload,
         "createdAt": bson_date(e.created_at),
         "leaseUntil": BsonDateTime::from_millis(0),
-        "attempts": 0_i64,
+        "attempts": e.attempts,
     };
+    if let Some(to) = leased_to {
+        d.insert("leaseOwner", &to.owner);
+        d.insert("leaseUntil", bson_date(lease_end(e.created_at, to.lease)));
+    }
     for (key, value) in [
         ("requestId", &e.origin.request_id),
         ("traceparent", &e.origin.traceparent),
@@ -284,12 +292,13 @@ struct TxContext {
     change: ContactChange,
     stamp: Option<DateTime<Utc>>,
     origin: EventOrigin,
+    leased_to: Option<OutboxLease>,
 }
 
 async fn write_contact_change(
     session: &mut ClientSession,
     context: &mut TxContext,
-) -> mongodb::error::Result<User> {
+) -> mongodb::error::Result<ContactUpdated> {
     let TxContext {
         users,
         outbox,
@@ -297,6 +306,7 @@ async fn write_contact_change(
         change,
         stamp,
         origin,
+        leased_to,
     } = context;
     let id = user_id.to_string();
     let current = users
@@ -329,12 +339,15 @@ async fn write_contact_change(
             "the user changed concurrently; try again".into(),
         )));
     }
-    let event = OutboxEvent::for_user(&user, tandem::domain::now(), origin.clone());
+    let mut event = OutboxEvent::for_user(&user, tandem::domain::now(), origin.clone());
+    if leased_to.is_some() {
+        event.attempts = 1;
+    }
     outbox
-        .insert_one(outbox_doc(&event))
+        .insert_one(outbox_doc(&event, leased_to.as_ref()))
         .session(&mut *session)
         .await?;
-    Ok(user)
+    Ok(ContactUpdated { user, event })
 }
 
 #[async_trait]
@@ -364,7 +377,8 @@ impl UserStore for MongoUserStore {
         change: &ContactChange,
         stamp: Option<DateTime<Utc>>,
         origin: EventOrigin,
-    ) -> Result<User, StoreError> {
+        leased_to: Option<&OutboxLease>,
+    ) -> Result<ContactUpdated, StoreError> {
         let run_transaction = || async {
             let mut session = self.client.start_session().await?;
             let context = TxContext {
@@ -374,6 +388,7 @@ impl UserStore for MongoUserStore {
                 change: change.clone(),
                 stamp,
                 origin: origin.clone(),
+                leased_to: leased_to.cloned(),
             };
             session
                 .start_transaction()
@@ -394,7 +409,7 @@ impl UserStore for MongoUserStore {
             .when(mongo::is_write_conflict)
             .await;
         match result {
-            Ok(user) => Ok(user),
+            Ok(updated) => Ok(updated),
             Err(e) if mongo::classify(&e) == Failure::DuplicateKey => {
                 let emails = change
                     .emails

@@ -11,7 +11,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tandem::domain::{Address, ContactChange, EmailList, UserId};
 use tandem_storage::sqlite::{self, Database, SqliteError, is_unique_violation};
 
-use super::{EventOrigin, OutboxEvent, OutboxStats, StoreError, UserStore, lease_end};
+use super::{
+    ContactUpdated, EventOrigin, OutboxEvent, OutboxLease, OutboxStats, StoreError, UserStore,
+    lease_end,
+};
 use crate::model::User;
 
 const MIGRATIONS: &[&str] = &[
@@ -226,8 +229,10 @@ impl UserStore for SqliteUserStore {
         change: &ContactChange,
         stamp: Option<DateTime<Utc>>,
         origin: EventOrigin,
-    ) -> Result<User, StoreError> {
+        leased_to: Option<&OutboxLease>,
+    ) -> Result<ContactUpdated, StoreError> {
         let change = change.clone();
+        let leased_to = leased_to.cloned();
         self.db
             .write(move |tx| {
                 // The write transaction holds the lock: the read below cannot go stale.
@@ -256,10 +261,19 @@ impl UserStore for SqliteUserStore {
                     user.contact_version,
                     user.updated_at.map(millis),
                 ])?;
-                let event = OutboxEvent::for_user(&user, tandem::domain::now(), origin);
+                let now = tandem::domain::now();
+                let mut event = OutboxEvent::for_user(&user, now, origin);
+                let (owner, until) = match &leased_to {
+                    Some(to) => {
+                        event.attempts = 1;
+                        (Some(to.owner.as_str()), millis(lease_end(now, to.lease)))
+                    }
+                    None => (None, 0),
+                };
                 tx.prepare_cached(
                 "INSERT INTO outbox (event_id, user_id, version, payload, request_id, created_at, \
-                 traceparent, tracestate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?
+                 traceparent, tracestate, lease_owner, lease_until, attempts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?
                 .execute(params![
                     event.event_id,
                     event.user_id,
@@ -269,8 +283,11 @@ impl UserStore for SqliteUserStore {
                     millis(event.created_at),
                     event.origin.traceparent,
                     event.origin.tracestate,
+                    owner,
+                    until,
+                    event.attempts,
                 ])?;
-                Ok(user)
+                Ok(ContactUpdated { user, event })
             })
             .await
     }
