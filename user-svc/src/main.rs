@@ -58,6 +58,11 @@ struct Args {
     #[arg(long, env = "USER_SVC_OUTBOX_LEASE_SECS", default_value_t = 30)]
     outbox_lease_secs: u64,
 
+    /// Under load, how long the relay lets a batch of events gather before publishing it
+    /// (0: at once). A lone event never waits.
+    #[arg(long, env = "USER_SVC_OUTBOX_LINGER_MS", default_value_t = 2)]
+    outbox_linger_ms: u64,
+
     #[command(flatten)]
     topology: Topology,
 
@@ -80,6 +85,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         store: args.store,
         relay: Some(RelayConfig {
             lease: std::time::Duration::from_secs(args.outbox_lease_secs.max(1)),
+            linger: std::time::Duration::from_millis(args.outbox_linger_ms),
             ..RelayConfig::new(args.amqp, args.topology)
         }),
     };

@@ -48,6 +48,9 @@ pub struct RelayConfig {
     /// How often the outbox is checked when nothing wakes the relay (changes made by the
     /// other flavor's process, leases that ran out).
     pub idle_poll: Duration,
+    /// Under load (the last batch handed over held more than one event), how long a
+    /// hand-over batch waits to fill before it goes out.
+    pub linger: Duration,
     /// How long a publisher confirm may take before the channel is presumed dead.
     pub confirm_timeout: Duration,
 }
@@ -60,6 +63,7 @@ impl RelayConfig {
             lease: Duration::from_secs(30),
             batch: 200,
             idle_poll: Duration::from_millis(200),
+            linger: Duration::from_millis(2),
             confirm_timeout: messaging::CONFIRM_TIMEOUT,
         }
     }
@@ -405,6 +409,8 @@ impl Relay {
         let lost = messaging::lost(connection);
         tokio::pin!(lost);
         let mut published = false;
+        // Events in the last hand-over batch.
+        let mut last_handed = 0;
         loop {
             // What is due in the outbox first (it is older), then what was handed over;
             // the cheap read inside `publish_due` keeps claims from starving under a
@@ -423,6 +429,21 @@ impl Relay {
                     Err(_) => break,
                 }
             }
+            // Each batch costs every hop after it per batch, not per event (a confirm
+            // round, the worker's ApplyUserContacts call and its ack frame, the quorum
+            // queue's settle): under load a batch gathers for a moment, as the claim
+            // once made it, so the sync keeps batches that pay for themselves. A lone
+            // event goes at once (bench/FINDINGS.md §19).
+            if !held.is_empty() && last_handed > 1 {
+                let until = tokio::time::Instant::now() + self.config.linger;
+                while held.len() < self.config.batch {
+                    match tokio::time::timeout_at(until, handed.recv()).await {
+                        Ok(Some(event)) => held.push(event),
+                        _ => break,
+                    }
+                }
+            }
+            last_handed = held.len();
             if !held.is_empty() {
                 // Each change's request hands its event over when it wakes after the
                 // commit, so two changes committed together may arrive in either order;
