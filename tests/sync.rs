@@ -753,15 +753,9 @@ async fn user_svc_killed_between_commit_and_publish_publishes_after_restart() {
     let mut stack = StackBuilder::sync().start().await;
     let (_connection, channel, audit) = audit_queue(&stack).await;
     let mut expected = stack.seed(8, 2).await;
-    let all: Vec<String> = expected.keys().cloned().collect();
     // Changes commit while nothing can be published…
     stack.proxy().cut();
-    let mut users = stack.users().await;
-    let changed: HashSet<String> = all[..5].iter().cloned().collect();
-    for (step, id) in changed.iter().enumerate() {
-        let contact = stack.update(&mut users, id, step).await;
-        expected.insert(id.clone(), contact);
-    }
+    let changed = change_five(&stack, &mut expected).await;
     metric_at_least(
         &stack.ops(Service::UserV1),
         "tandem_user_outbox_pending",
@@ -788,7 +782,6 @@ async fn user_svc_killed_holding_handed_over_events_publishes_them_after_their_l
         .await;
     let (_connection, channel, audit) = audit_queue(&stack).await;
     let mut expected = stack.seed(8, 2).await;
-    let all: Vec<String> = expected.keys().cloned().collect();
     let ops = stack.ops(Service::UserV1);
     let handed_before = metric(&ops, "tandem_user_outbox_handed_over_total")
         .await
@@ -796,12 +789,7 @@ async fn user_svc_killed_holding_handed_over_events_publishes_them_after_their_l
     // The broker stops answering but the connection stays up: the relay is still
     // connected, takes each event as it is written and waits for confirms that never come.
     stack.proxy().silence();
-    let mut users = stack.users().await;
-    let changed: HashSet<String> = all[..5].iter().cloned().collect();
-    for (step, id) in changed.iter().enumerate() {
-        let contact = stack.update(&mut users, id, step).await;
-        expected.insert(id.clone(), contact);
-    }
+    let changed = change_five(&stack, &mut expected).await;
     metric_at_least(
         &ops,
         "tandem_user_outbox_handed_over_total",
@@ -817,6 +805,18 @@ async fn user_svc_killed_holding_handed_over_events_publishes_them_after_their_l
         "user-svc SIGKILLed holding 5 handed-over, unconfirmed events: after their 3 s lease \
          the restarted process published 5 events, for exactly those 5 users; lost updates: 0"
     );
+}
+
+/// Changes the contact of five of the `expected` users through user-svc v1 and records
+/// the new contacts; returns those users.
+async fn change_five(stack: &Stack, expected: &mut HashMap<String, Contact>) -> HashSet<String> {
+    let mut users = stack.users().await;
+    let changed: HashSet<String> = expected.keys().take(5).cloned().collect();
+    for (step, id) in changed.iter().enumerate() {
+        let contact = stack.update(&mut users, id, step).await;
+        expected.insert(id.clone(), contact);
+    }
+    changed
 }
 
 /// SIGKILLs user-svc v1 (its relay cut off from the broker, holding committed changes),

@@ -415,54 +415,19 @@ impl Relay {
             // What is due in the outbox first (it is older), then what was handed over;
             // the cheap read inside `publish_due` keeps claims from starving under a
             // steady stream of hand-overs.
-            let mut more = false;
-            match self.publish_due(channel, deleting).await {
-                Ok(n) => more |= n > 0,
-                Err(Failure::Channel(reason)) => return SessionEnd::Lost { reason, published },
-                Err(Failure::Store(reason)) => {
-                    tracing::warn!(%reason, "outbox relay cannot read the outbox");
-                }
-            }
-            while held.len() < self.config.batch {
-                match handed.try_recv() {
-                    Ok(event) => held.push(event),
-                    Err(_) => break,
-                }
-            }
-            // Each batch costs every hop after it per batch, not per event (a confirm
-            // round, the worker's ApplyUserContacts call and its ack frame, the quorum
-            // queue's settle): under load a batch gathers for a moment, as the claim
-            // once made it, so the sync keeps batches that pay for themselves. A lone
-            // event goes at once (bench/FINDINGS.md §19).
-            if !held.is_empty() && last_handed > 1 {
-                let until = tokio::time::Instant::now() + self.config.linger;
-                while held.len() < self.config.batch {
-                    match tokio::time::timeout_at(until, handed.recv()).await {
-                        Ok(Some(event)) => held.push(event),
-                        _ => break,
-                    }
-                }
-            }
-            last_handed = held.len();
-            if !held.is_empty() {
-                // Each change's request hands its event over when it wakes after the
-                // commit, so two changes committed together may arrive in either order;
-                // their stamps, taken in the one writer, give the commit order back.
-                held.sort_by_key(|e| e.created_at);
-                match self
-                    .publish_batch(channel, std::mem::take(held), deleting)
-                    .await
-                {
-                    Ok(n) => more |= n > 0,
-                    Err(Failure::Channel(reason)) => {
-                        return SessionEnd::Lost { reason, published };
-                    }
-                    Err(Failure::Store(reason)) => {
-                        tracing::warn!(%reason, "outbox relay cannot write the outbox");
-                    }
-                }
-            }
-            if more {
+            let claimed = match progress(self.publish_due(channel, deleting).await) {
+                Ok(claimed) => claimed,
+                Err(reason) => return SessionEnd::Lost { reason, published },
+            };
+            let handed_over = self
+                .publish_handed(channel, handed, held, last_handed > 1, deleting)
+                .await;
+            last_handed = handed_over.as_ref().copied().unwrap_or(0);
+            let handed_over = match progress(handed_over) {
+                Ok(handed_over) => handed_over,
+                Err(reason) => return SessionEnd::Lost { reason, published },
+            };
+            if claimed || handed_over {
                 published = true;
                 continue; // more may be due
             }
@@ -474,6 +439,45 @@ impl Relay {
                 _ = tokio::time::sleep(self.config.idle_poll) => {}
             }
         }
+    }
+
+    /// Publishes what was handed over, up to a batch; returns how many. Under load
+    /// (`linger`: the last such batch held more than one event) the batch first gathers
+    /// for up to `config.linger`, because every hop after the relay pays per batch, not
+    /// per event (a confirm round, the worker's ApplyUserContacts call and its ack frame,
+    /// the quorum queue's settle), as the claim's wait once made them gather. A lone event
+    /// goes at once (bench/FINDINGS.md §19).
+    async fn publish_handed(
+        &self,
+        channel: &Channel,
+        handed: &mut mpsc::Receiver<OutboxEvent>,
+        held: &mut Vec<OutboxEvent>,
+        linger: bool,
+        deleting: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<usize, Failure> {
+        let until = tokio::time::Instant::now() + self.config.linger;
+        while held.len() < self.config.batch {
+            if let Ok(event) = handed.try_recv() {
+                held.push(event);
+                continue;
+            }
+            if !linger || held.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(until, handed.recv()).await {
+                Ok(Some(event)) => held.push(event),
+                _ => break,
+            }
+        }
+        if held.is_empty() {
+            return Ok(0);
+        }
+        // Each change's request hands its event over when it wakes after the commit, so
+        // two changes committed together may arrive in either order; their stamps, taken
+        // in the one writer, give the commit order back.
+        held.sort_by_key(|e| e.created_at);
+        self.publish_batch(channel, std::mem::take(held), deleting)
+            .await
     }
 
     /// Gives back the events handed over and not published, once the session is over, so
@@ -686,6 +690,19 @@ async fn finish_delete(deleting: &mut Option<tokio::task::JoinHandle<()>>) {
     if let Some(delete) = deleting.take() {
         // A panic in it was the store's; the events stay leased, as after a failure.
         let _ = delete.await;
+    }
+}
+
+/// Whether a step published anything, or why the session must end (the channel broke).
+/// A store failure is logged and the session goes on: the events wait in the outbox.
+fn progress(step: Result<usize, Failure>) -> Result<bool, String> {
+    match step {
+        Ok(n) => Ok(n > 0),
+        Err(Failure::Channel(reason)) => Err(reason),
+        Err(Failure::Store(reason)) => {
+            tracing::warn!(%reason, "outbox relay cannot use the outbox");
+            Ok(false)
+        }
     }
 }
 
