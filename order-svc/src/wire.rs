@@ -230,6 +230,17 @@ pub fn message(page: &mut Vec<u8>, tag: u32, room: usize, body: impl FnOnce(&mut
     prost::encoding::encode_varint(len as u64, &mut length);
 }
 
+/// An `OrderItem` as the `items` field of an `Order`.
+pub fn item(page: &mut Vec<u8>, item_id: &str, quantity: i64, price: &str) {
+    message(page, field::ITEMS, 1, |page| {
+        string(page, field::ITEM_ID, item_id);
+        int(page, field::ITEM_QUANTITY, quantity);
+        message(page, field::ITEM_PRICE, 1, |page| {
+            string(page, field::DECIMAL_VALUE, price)
+        });
+    });
+}
+
 /// A `google.protobuf.Timestamp` field.
 pub fn timestamp(page: &mut Vec<u8>, tag: u32, at: DateTime<Utc>) {
     let at = tandem::proto::timestamp(at);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::Deserialize;
 use tandem::domain::{
@@ -76,6 +76,14 @@ CREATE UNIQUE INDEX orders_by_id ON orders (order_id);
 CREATE INDEX orders_by_status ON orders (order_status, created_at, order_id);
 CREATE INDEX orders_by_time ON orders (created_at, order_id);
 "#,
+    r#"
+-- The items as the list call sends them: each item's OrderItem message as the `items`
+-- field of an Order (items_wire), written once with the order (items never change),
+-- so a page copies them instead of parsing the JSON column (bench/FINDINGS.md §20).
+-- NULL in rows written before this migration, or by a binary of before: their items
+-- are read from the JSON column, which every row keeps.
+ALTER TABLE orders ADD COLUMN items_wire BLOB;
+"#,
 ];
 
 pub struct SqliteOrderStore {
@@ -97,10 +105,7 @@ impl SqliteOrderStore {
     pub async fn bulk_insert(&self, orders: Vec<Order>) -> Result<(), StoreError> {
         self.db
             .write(move |tx| {
-                let mut insert = tx.prepare_cached(&format!(
-                    "INSERT INTO orders ({ORDER_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                ))?;
+                let mut insert = tx.prepare_cached(INSERT_ORDER)?;
                 for order in &orders {
                     insert.execute(params_from_iter(order_params(order)))?;
                 }
@@ -110,7 +115,7 @@ impl SqliteOrderStore {
     }
 }
 
-/// The values of an order, in ORDER_COLUMNS order.
+/// The values of an order, in STORED_COLUMNS order.
 fn order_params(order: &Order) -> Vec<Box<dyn rusqlite::ToSql>> {
     let a = &order.delivery_address;
     vec![
@@ -127,6 +132,7 @@ fn order_params(order: &Order) -> Vec<Box<dyn rusqlite::ToSql>> {
         Box::new(order.contact_version),
         Box::new(millis(order.created_at)),
         Box::new(millis(order.updated_at)),
+        Box::new(items_wire(&order.items)),
     ]
 }
 
@@ -175,12 +181,41 @@ fn items_json(items: &[OrderItem]) -> String {
     serde_json::to_string(&stored).expect("items always serialize")
 }
 
+/// The `items_wire` column: each item as the `items` field of an `Order` message.
+fn items_wire(items: &[OrderItem]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(items.len() * 32);
+    for item in items {
+        crate::wire::item(
+            &mut wire,
+            &item.item_id,
+            item.quantity,
+            &item.price.to_string(),
+        );
+    }
+    wire
+}
+
 fn json_list(values: Vec<String>) -> String {
     serde_json::to_string(&values).expect("strings always serialize")
 }
 
-const ORDER_COLUMNS: &str = "order_id, user_id, items, emails, street, city, province, \
-     postal_code, country, order_status, contact_version, created_at, updated_at";
+/// The columns every row has had from the first migration on.
+macro_rules! order_columns {
+    () => {
+        "order_id, user_id, items, emails, street, city, province, \
+         postal_code, country, order_status, contact_version, created_at, updated_at"
+    };
+}
+#[cfg(test)]
+const ORDER_COLUMNS: &str = order_columns!();
+/// What an order is read and written as: the first migration's columns and
+/// `items_wire`.
+const STORED_COLUMNS: &str = concat!(order_columns!(), ", items_wire");
+const INSERT_ORDER: &str = concat!(
+    "INSERT INTO orders (",
+    order_columns!(),
+    ", items_wire) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+);
 
 fn corrupt(order_id: &str, what: &str) -> StoreError {
     StoreError::Internal(format!("stored order {order_id}: bad {what}"))
@@ -204,7 +239,9 @@ fn text<'r>(row: &'r Row<'_>, column: usize) -> rusqlite::Result<&'r str> {
 struct StoredOrder<'r> {
     order_id: &'r str,
     user_id: &'r str,
-    items: Vec<StoredItem<'r>>,
+    /// The JSON column, parsed only when needed: a list page copies `items_wire`.
+    items_json: &'r str,
+    items_wire: Option<&'r [u8]>,
     emails: StoredEmails<'r>,
     /// Street, city, province, postal code, country.
     address: [&'r str; 5],
@@ -231,6 +268,10 @@ impl<'r> StoredOrder<'r> {
         let contact_version: i64 = row.get(10)?;
         let created_at: i64 = row.get(11)?;
         let updated_at: i64 = row.get(12)?;
+        let items_wire = match row.get_ref(13)? {
+            ValueRef::Blob(wire) => Some(wire),
+            _ => None,
+        };
         let at = |ms: i64, what: &str| {
             DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(order_id, what))
         };
@@ -238,7 +279,8 @@ impl<'r> StoredOrder<'r> {
             Ok(StoredOrder {
                 order_id,
                 user_id,
-                items: serde_json::from_str(items).map_err(|_| corrupt(order_id, "items"))?,
+                items_json: items,
+                items_wire,
                 emails: serde_json::from_str(emails).map_err(|_| corrupt(order_id, "emails"))?,
                 address,
                 status: OrderStatus::from_str_opt(status)
@@ -250,10 +292,15 @@ impl<'r> StoredOrder<'r> {
         })())
     }
 
+    /// The items, parsed from the JSON column.
+    fn items(&self) -> Result<Vec<StoredItem<'r>>, StoreError> {
+        serde_json::from_str(self.items_json).map_err(|_| corrupt(self.order_id, "items"))
+    }
+
     fn into_order(self) -> Result<Order, StoreError> {
         let order_id = self.order_id;
         let items = self
-            .items
+            .items()?
             .into_iter()
             .map(|i| {
                 Ok(OrderItem {
@@ -293,7 +340,8 @@ impl<'r> StoredOrder<'r> {
             order_id: self.order_id.to_owned(),
             user_id: self.user_id.to_owned(),
             items: self
-                .items
+                .items()
+                .unwrap()
                 .into_iter()
                 .map(|i| pb::OrderItem {
                     item_id: i.item_id.into_owned(),
@@ -327,21 +375,27 @@ impl StoredOrder<'_> {
     /// The `orders` field of a `ListOrdersResponse` holding this order: the bytes prost
     /// writes for [`Self::into_proto`]'s message, written from the row's text in place
     /// (bench/FINDINGS.md §18; `listed_orders_are_the_bytes_prost_writes`).
-    fn encode(&self, page: &mut Vec<u8>) {
+    ///
+    /// The items are copied from `items_wire`; a row of before without it has them
+    /// parsed from the JSON column, which is the only way this can fail.
+    fn encode(&self, page: &mut Vec<u8>) -> Result<(), StoreError> {
         use crate::wire::{field, int, message, repeated_string, string, timestamp};
+        let parsed = match self.items_wire {
+            Some(_) => Vec::new(),
+            None => self.items()?,
+        };
         // An order's message is over 127 bytes (its two ids alone are 76) and, short of
         // thousands of items, under 16 KiB: a length of two bytes.
         message(page, crate::wire::ORDERS, 2, |page| {
             string(page, field::ORDER_ID, self.order_id);
             string(page, field::USER_ID, self.user_id);
-            for item in &self.items {
-                message(page, field::ITEMS, 1, |page| {
-                    string(page, field::ITEM_ID, &item.item_id);
-                    int(page, field::ITEM_QUANTITY, item.quantity);
-                    message(page, field::ITEM_PRICE, 1, |page| {
-                        string(page, field::DECIMAL_VALUE, &item.price)
-                    });
-                });
+            match self.items_wire {
+                Some(wire) => page.extend_from_slice(wire),
+                None => {
+                    for item in &parsed {
+                        crate::wire::item(page, &item.item_id, item.quantity, &item.price);
+                    }
+                }
             }
             for email in &self.emails.0 {
                 repeated_string(page, field::EMAILS, email);
@@ -356,6 +410,7 @@ impl StoredOrder<'_> {
             timestamp(page, field::UPDATED_AT, self.updated_at);
             int(page, field::CONTACT_VERSION, self.contact_version);
         });
+        Ok(())
     }
 }
 
@@ -364,7 +419,7 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> 
 }
 
 fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreError> {
-    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
+    let sql = format!("SELECT {STORED_COLUMNS} FROM orders WHERE order_id = ?1");
     conn.query_row(&sql, [order_id], order_from_row)
         .optional()?
         .transpose()
@@ -401,7 +456,7 @@ fn query_orders(
     };
     values.push((limit as i64).into());
     let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders {filter} ORDER BY created_at, order_id LIMIT ?"
+        "SELECT {STORED_COLUMNS} FROM orders {filter} ORDER BY created_at, order_id LIMIT ?"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query(params_from_iter(values))?;
@@ -457,13 +512,8 @@ impl OrderStore for SqliteOrderStore {
         let order = order.clone();
         self.db
             .write(move |conn| {
-                conn.execute(
-                    &format!(
-                        "INSERT INTO orders ({ORDER_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                    ),
-                    params_from_iter(order_params(&order)),
-                )?;
+                conn.prepare_cached(INSERT_ORDER)?
+                    .execute(params_from_iter(order_params(&order)))?;
                 Ok(())
             })
             .await
@@ -504,10 +554,11 @@ impl OrderStore for SqliteOrderStore {
                 let mut page = PageEncoder::new(page_size);
                 query_orders(conn, filter, after, page_size + 1, |row| {
                     let order = StoredOrder::read(row)??;
+                    let mut encoded = Ok(());
                     page.push_with(order.order_id, Some(order.created_at), |page| {
-                        order.encode(page)
+                        encoded = order.encode(page)
                     });
-                    Ok(())
+                    encoded
                 })?;
                 page.finish()
             })
@@ -751,11 +802,11 @@ mod tests {
             let (written, expected) = store
                 .db
                 .read(move |conn| {
-                    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
+                    let sql = format!("SELECT {STORED_COLUMNS} FROM orders WHERE order_id = ?1");
                     Ok::<_, SqliteError>(conn.query_row(&sql, [&order_id], |row| {
                         let order = StoredOrder::read(row)?.unwrap();
                         let mut written = Vec::new();
-                        order.encode(&mut written);
+                        order.encode(&mut written).unwrap();
                         let mut expected = Vec::new();
                         let message = order.into_proto();
                         prost::encoding::message::encode(
@@ -770,6 +821,100 @@ mod tests {
                 .unwrap();
             assert_eq!(written, expected, "{what}");
         }
+    }
+
+    /// An order written now lists its items from `items_wire`, copied as written: the
+    /// page is what prost writes for the order, and the same as the page of a row
+    /// written before the column (items parsed from JSON).
+    #[tokio::test]
+    async fn new_orders_list_their_items_from_items_wire_as_old_rows_from_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
+            .await
+            .unwrap();
+        let item = |item_id: String, quantity, price| OrderItem {
+            item_id,
+            quantity,
+            price: Price::parse(price).unwrap(),
+        };
+        let at = |ms| DateTime::from_timestamp_millis(ms).unwrap();
+        let order = Order {
+            order_id: OrderId::new_random(),
+            user_id: UserId::new_random(),
+            items: vec![
+                item("book \"one\" – ü".into(), 2, "29.90"),
+                item(
+                    "x".repeat(300),
+                    9_000_000_000,
+                    "123456789012345678.123456789",
+                ),
+                item("mug".into(), 1, "0.5"),
+            ],
+            emails: EmailList::from_stored(vec!["a@b.co".into()]),
+            delivery_address: Address::from_stored(
+                "Straße 5".into(),
+                "c".into(),
+                "QC".into(),
+                "z".into(),
+                "CA".into(),
+            ),
+            status: OrderStatus::Delivered,
+            contact_version: 3,
+            created_at: at(1_764_000_000_123),
+            updated_at: at(1_764_000_000_456),
+        };
+        store.create_order(&order).await.unwrap();
+        // The same order as a row of before: no items_wire.
+        let mut old = order.clone();
+        old.order_id = OrderId::new_random();
+        old.created_at = at(1_764_000_000_124);
+        let (id, items) = (old.order_id.to_string(), items_json(&old.items));
+        let (user, rest) = (
+            old.user_id.to_string(),
+            "'[\"a@b.co\"]', 'Straße 5', 'c', 'QC', 'z', 'CA', 'delivered', 3, 1764000000124, 1764000000456",
+        );
+        store
+            .db
+            .write(move |tx| {
+                tx.execute(
+                    &format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, {rest})"),
+                    params![id, user, items],
+                )?;
+                Ok::<_, SqliteError>(())
+            })
+            .await
+            .unwrap();
+        let wire: Vec<Option<Vec<u8>>> = store
+            .db
+            .read(|conn| {
+                let mut rows = conn.prepare("SELECT items_wire FROM orders ORDER BY created_at")?;
+                let wire = rows
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok::<_, SqliteError>(wire)
+            })
+            .await
+            .unwrap();
+        assert!(wire[0].is_some(), "written with its items_wire");
+        assert_eq!(wire[1], None, "the row of before");
+        let filter = ListFilter {
+            status: Some(OrderStatus::Delivered),
+            user_id: None,
+        };
+        let page = store.list_page(filter, None, 10).await.unwrap();
+        let listed = page.decode_orders().unwrap();
+        let mut old_listed = listed[1].clone();
+        assert_eq!(old_listed.order_id, old.order_id.to_string());
+        assert_eq!(listed[0], order.clone().into_proto());
+        old_listed.order_id = order.order_id.to_string();
+        old_listed.created_at = listed[0].created_at;
+        assert_eq!(old_listed, listed[0]);
+        let mut expected = Vec::new();
+        for o in [order.into_proto(), old.into_proto()] {
+            prost::encoding::message::encode(crate::wire::ORDERS, &o, &mut expected);
+        }
+        let written = crate::wire::EncodedListOrdersResponse::new(page, String::new());
+        assert_eq!(prost::Message::encode_to_vec(&written), expected);
     }
 
     #[tokio::test]
