@@ -695,14 +695,20 @@ impl OrderStore for SqliteOrderStore {
 mod tests {
     use super::*;
 
-    /// Items are written as arrays; rows of the earlier map form still load, and both
-    /// forms are read by the same struct (so a binary of before reads the new rows).
-    #[tokio::test]
-    async fn items_are_stored_as_arrays_and_the_earlier_map_form_still_loads() {
+    /// A store on a new file, and the directory that holds it (removed when dropped).
+    async fn fresh_store() -> (tempfile::TempDir, SqliteOrderStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
             .await
             .unwrap();
+        (dir, store)
+    }
+
+    /// Items are written as arrays; rows of the earlier map form still load, and both
+    /// forms are read by the same struct (so a binary of before reads the new rows).
+    #[tokio::test]
+    async fn items_are_stored_as_arrays_and_the_earlier_map_form_still_loads() {
+        let (_dir, store) = fresh_store().await;
         let items = vec![
             OrderItem {
                 item_id: "book \"one\"".into(),
@@ -756,10 +762,7 @@ mod tests {
     /// lists and strings, negative numbers, lengths of one, two and three bytes.
     #[tokio::test]
     async fn listed_orders_are_the_bytes_prost_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh_store().await;
         let long = "x".repeat(200);
         let very_long = "é".repeat(10_000);
         let rows: Vec<[String; 4]> = vec![
@@ -828,10 +831,7 @@ mod tests {
     /// written before the column (items parsed from JSON).
     #[tokio::test]
     async fn new_orders_list_their_items_from_items_wire_as_old_rows_from_json() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteOrderStore::open(&dir.path().join("order_db.sqlite"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh_store().await;
         let item = |item_id: String, quantity, price| OrderItem {
             item_id,
             quantity,
