@@ -211,6 +211,11 @@ const ORDER_COLUMNS: &str = order_columns!();
 /// What an order is read and written as: the first migration's columns and
 /// `items_wire`.
 const STORED_COLUMNS: &str = concat!(order_columns!(), ", items_wire");
+const LOAD_ORDER: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    ", items_wire FROM orders WHERE order_id = ?1"
+);
 const INSERT_ORDER: &str = concat!(
     "INSERT INTO orders (",
     order_columns!(),
@@ -297,6 +302,19 @@ impl<'r> StoredOrder<'r> {
         serde_json::from_str(self.items_json).map_err(|_| corrupt(self.order_id, "items"))
     }
 
+    /// The items as the `items` fields of the order's message: the `items_wire` column
+    /// as it is, or for a row written before it, written from the JSON column.
+    fn listed_items(&self) -> Result<Cow<'r, [u8]>, StoreError> {
+        if let Some(wire) = self.items_wire {
+            return Ok(Cow::Borrowed(wire));
+        }
+        let mut wire = Vec::new();
+        for item in self.items()? {
+            crate::wire::item(&mut wire, &item.item_id, item.quantity, &item.price);
+        }
+        Ok(Cow::Owned(wire))
+    }
+
     fn into_order(self) -> Result<Order, StoreError> {
         let order_id = self.order_id;
         let items = self
@@ -375,28 +393,15 @@ impl StoredOrder<'_> {
     /// The `orders` field of a `ListOrdersResponse` holding this order: the bytes prost
     /// writes for [`Self::into_proto`]'s message, written from the row's text in place
     /// (bench/FINDINGS.md §18; `listed_orders_are_the_bytes_prost_writes`).
-    ///
-    /// The items are copied from `items_wire`; a row of before without it has them
-    /// parsed from the JSON column, which is the only way this can fail.
-    fn encode(&self, page: &mut Vec<u8>) -> Result<(), StoreError> {
+    /// `items` are its [`Self::listed_items`].
+    fn encode(&self, items: &[u8], page: &mut Vec<u8>) {
         use crate::wire::{field, int, message, repeated_string, string, timestamp};
-        let parsed = match self.items_wire {
-            Some(_) => Vec::new(),
-            None => self.items()?,
-        };
         // An order's message is over 127 bytes (its two ids alone are 76) and, short of
         // thousands of items, under 16 KiB: a length of two bytes.
         message(page, crate::wire::ORDERS, 2, |page| {
             string(page, field::ORDER_ID, self.order_id);
             string(page, field::USER_ID, self.user_id);
-            match self.items_wire {
-                Some(wire) => page.extend_from_slice(wire),
-                None => {
-                    for item in &parsed {
-                        crate::wire::item(page, &item.item_id, item.quantity, &item.price);
-                    }
-                }
-            }
+            page.extend_from_slice(items);
             for email in &self.emails.0 {
                 repeated_string(page, field::EMAILS, email);
             }
@@ -410,7 +415,6 @@ impl StoredOrder<'_> {
             timestamp(page, field::UPDATED_AT, self.updated_at);
             int(page, field::CONTACT_VERSION, self.contact_version);
         });
-        Ok(())
     }
 }
 
@@ -419,8 +423,8 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> 
 }
 
 fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreError> {
-    let sql = format!("SELECT {STORED_COLUMNS} FROM orders WHERE order_id = ?1");
-    conn.query_row(&sql, [order_id], order_from_row)
+    conn.prepare_cached(LOAD_ORDER)?
+        .query_row([order_id], order_from_row)
         .optional()?
         .transpose()
 }
@@ -554,11 +558,11 @@ impl OrderStore for SqliteOrderStore {
                 let mut page = PageEncoder::new(page_size);
                 query_orders(conn, filter, after, page_size + 1, |row| {
                     let order = StoredOrder::read(row)??;
-                    let mut encoded = Ok(());
+                    let items = order.listed_items()?;
                     page.push_with(order.order_id, Some(order.created_at), |page| {
-                        encoded = order.encode(page)
+                        order.encode(&items, page)
                     });
-                    encoded
+                    Ok(())
                 })?;
                 page.finish()
             })
@@ -805,11 +809,10 @@ mod tests {
             let (written, expected) = store
                 .db
                 .read(move |conn| {
-                    let sql = format!("SELECT {STORED_COLUMNS} FROM orders WHERE order_id = ?1");
-                    Ok::<_, SqliteError>(conn.query_row(&sql, [&order_id], |row| {
+                    Ok::<_, SqliteError>(conn.query_row(LOAD_ORDER, [&order_id], |row| {
                         let order = StoredOrder::read(row)?.unwrap();
                         let mut written = Vec::new();
-                        order.encode(&mut written).unwrap();
+                        order.encode(&order.listed_items().unwrap(), &mut written);
                         let mut expected = Vec::new();
                         let message = order.into_proto();
                         prost::encoding::message::encode(
