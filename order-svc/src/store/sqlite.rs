@@ -209,17 +209,22 @@ macro_rules! order_columns {
 #[cfg(test)]
 const ORDER_COLUMNS: &str = order_columns!();
 /// What an order is read and written as: the first migration's columns and
-/// `items_wire`.
-const STORED_COLUMNS: &str = concat!(order_columns!(), ", items_wire");
+/// `items_wire`, in the order [`StoredOrder::read`] reads them.
+macro_rules! stored_columns {
+    () => {
+        concat!(order_columns!(), ", items_wire")
+    };
+}
+const STORED_COLUMNS: &str = stored_columns!();
 const LOAD_ORDER: &str = concat!(
     "SELECT ",
-    order_columns!(),
-    ", items_wire FROM orders WHERE order_id = ?1"
+    stored_columns!(),
+    " FROM orders WHERE order_id = ?1"
 );
 const INSERT_ORDER: &str = concat!(
     "INSERT INTO orders (",
-    order_columns!(),
-    ", items_wire) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    stored_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
 );
 
 fn corrupt(order_id: &str, what: &str) -> StoreError {
